@@ -1,0 +1,58 @@
+# The verbs people type. Every target bootstraps what it needs on a fresh machine:
+# a virtualenv with the project installed, and (for run/test/bench) a local Kafka broker.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test unit lint format bench bench-quick clean kafka-start kafka-stop schemas
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed (set PYTHON=python3.11)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## run: the whole pipeline on the embedded default (local broker, dev SMTP sink); Ctrl-C stops it
+run: install
+	$(BIN)/kairos up
+
+## test: the full suite (unit + integration on a real broker this target starts and stops)
+test: install
+	@bash scripts/with-broker.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## unit: the fast tests only (no broker)
+unit: install
+	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## schemas: regenerate the committed JSON Schema files from the models
+schemas: install
+	$(BIN)/python -m schemas.jsonschema
+
+bench: install
+	@bash scripts/with-broker.sh $(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: install
+	@bash scripts/with-broker.sh $(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+kafka-start: install
+	$(BIN)/kairos kafka start
+
+kafka-stop: install
+	$(BIN)/kairos kafka stop
+
+clean:
+	-$(BIN)/kairos kafka stop
+	rm -rf .kairos $(VENV) .pytest_cache .mypy_cache .ruff_cache

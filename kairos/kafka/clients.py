@@ -1,0 +1,59 @@
+"""One way to build Kafka clients from settings.
+
+Producers are durable by default (``acks=all``, idempotent); consumers commit manually, after
+the work an event caused is acknowledged, which makes every service at-least-once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from kairos.settings import KairosSettings
+from schemas.registry import MAX_MESSAGE_BYTES
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
+    """A durable producer: acks=all, idempotent, large enough for a 10 MB message."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": MAX_MESSAGE_BYTES,
+        "linger_ms": 5,
+        "max_batch_size": 1024 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    bootstrap: str, group_id: str | None, *topics: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer with manual commits that starts from the earliest offset of a new group."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": MAX_MESSAGE_BYTES,
+        "fetch_max_bytes": 4 * MAX_MESSAGE_BYTES,
+        "isolation_level": "read_uncommitted",
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def make_admin(bootstrap: str) -> AIOKafkaAdminClient:
+    """An admin client."""
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+
+
+def topic_name(settings: KairosSettings, logical: str) -> str:
+    """The full name of registry topic ``logical`` under the configured prefix."""
+    from schemas.registry import topic_spec
+
+    return settings.topic(topic_spec(logical).name)

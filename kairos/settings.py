@@ -1,0 +1,87 @@
+"""Typed settings, parsed once at start-up from the environment (prefix ``KAIROS_``).
+
+Nothing here connects to anything; entry points build a :class:`KairosSettings` and hand it on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KairosSettings(BaseSettings):
+    """Every setting of every service. Each field reads ``KAIROS_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAIROS_", frozen=True, extra="ignore")
+
+    # -- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="Bootstrap servers of an existing cluster. Unset: the local broker, "
+        "started on demand.",
+    )
+    topic_prefix: str = Field(default="kairos.", description="Prefix of every topic name.")
+    topic_partitions: int | None = Field(
+        default=None, ge=1, description="Override the registry's partition count for every topic."
+    )
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of topics.")
+    group_prefix: str = Field(default="kairos", description="Prefix of consumer group ids.")
+
+    # -- local embedded broker ---------------------------------------------------------------
+    state_dir: Path = Field(default=Path(".kairos"), description="Where local state lives.")
+    local_kafka_port: int = Field(default=39092, description="Port of the local broker.")
+    local_kafka_controller_port: int = Field(
+        default=39093, description="KRaft controller port of the local broker."
+    )
+    local_kafka_heap: str = Field(default="512m", description="JVM heap of the local broker.")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "kairos",
+        description="Per-user cache (Kafka jars).",
+    )
+
+    # -- HTTP / SMTP -------------------------------------------------------------------------
+    http_host: str = Field(default="127.0.0.1", description="Ingest HTTP bind address.")
+    http_port: int = Field(default=8080, description="Ingest HTTP port.")
+    health_port: int | None = Field(
+        default=None,
+        description="Health/metrics port of a non-HTTP service (timer 8081, validator 8082, "
+        "sender 8083 when unset).",
+    )
+
+    # -- delivery ----------------------------------------------------------------------------
+    relay_host: str = Field(default="127.0.0.1", description="SMTP relay the sender delivers to.")
+    relay_port: int = Field(default=1025, description="SMTP relay port.")
+    relay_username: str | None = Field(default=None, description="SMTP relay AUTH user.")
+    relay_password: SecretStr | None = Field(default=None, description="SMTP relay AUTH password.")
+    relay_starttls: bool = Field(default=False, description="Use STARTTLS with the relay.")
+    relay_tls: bool = Field(default=False, description="Use implicit TLS with the relay.")
+    relay_timeout: float = Field(default=30.0, gt=0, description="Seconds for each SMTP step.")
+
+    # -- dev sink ----------------------------------------------------------------------------
+    sink_host: str = Field(default="127.0.0.1", description="Dev SMTP sink bind address.")
+    sink_port: int = Field(default=1025, description="Dev SMTP sink port.")
+    outbox_dir: Path = Field(
+        default=Path(".kairos/outbox"), description="Where the dev sink writes .eml files."
+    )
+
+    # -- timer -------------------------------------------------------------------------------
+    tick_interval: float = Field(
+        default=0.1, ge=0, description="Seconds between timer ticks; 0 disables the ticker."
+    )
+    timer_store: str = Field(
+        default="rocksdb://",
+        description="faust table store of the timer (rocksdb:// or memory://).",
+    )
+
+    log_level: str = Field(default="INFO", description="Log level.")
+    log_format: str = Field(default="console", description="console or json.")
+
+    def topic(self, name: str) -> str:
+        """The full topic name of a registry entry's logical name."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, service: str) -> str:
+        """The consumer group id of a service."""
+        return f"{self.group_prefix}-{service}"

@@ -1,0 +1,228 @@
+"""Event models. Every event is a frozen pydantic model inside a versioned envelope.
+
+Compatibility rules (what a consumer may rely on):
+
+* ``type`` and ``schema_version`` together name the shape of an event. A change that would break
+  an existing consumer (removing or renaming a field, changing a type or meaning) gets a new
+  ``schema_version``; adding an optional field does not.
+* Times: ``occurred_at`` and the other ``*_at`` datetimes are RFC 3339 strings in UTC;
+  ``due_at`` is whole unix seconds (the second the sender asked for); durations are milliseconds.
+* Ids are strings; message ids are UUIDs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_event_id() -> str:
+    """A fresh event id (UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=new_event_id, description="Unique id of this event.")
+    type: str = Field(description="What happened; with schema_version, the shape of the event.")
+    schema_version: int = Field(description="Version of this event type's shape.")
+    occurred_at: datetime = Field(description="When the event was produced (UTC).")
+    account_id: str = Field(description="The account the event belongs to.")
+
+
+class MessageEvent(Event):
+    """An event about one message."""
+
+    message_id: str = Field(description="The message (scheduling) id returned at submission.")
+
+
+# -- content ----------------------------------------------------------------------------------
+
+
+class MessageContent(BaseModel):
+    """The message as it will be relayed: its SMTP envelope and RFC 5322 text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mail_from: str = Field(description="Envelope sender (MAIL FROM).")
+    rcpt_to: list[str] = Field(min_length=1, description="Envelope recipients (RCPT TO).")
+    from_domain: str = Field(description="Domain of the From address, checked for ownership.")
+    mime: str = Field(description="The RFC 5322 message, encoded as mime_encoding says.")
+    mime_encoding: Literal["utf-8", "base64"] = Field(
+        default="utf-8", description="utf-8: mime is the text itself; base64: of the raw bytes."
+    )
+    size: int = Field(ge=0, description="Size of the raw message in bytes.")
+
+    def raw(self) -> bytes:
+        """The raw message bytes."""
+        if self.mime_encoding == "base64":
+            import base64
+
+            return base64.b64decode(self.mime)
+        return self.mime.encode("utf-8")
+
+
+# -- the schedule stream (timer input) --------------------------------------------------------
+
+
+class Scheduled(MessageEvent):
+    """A message accepted for (later or immediate) delivery."""
+
+    type: Literal["scheduled"] = "scheduled"
+    schema_version: Literal[1] = 1
+    due_at: int = Field(ge=0, description="Unix second at (not before) which it is due.")
+    submitted_at: datetime = Field(description="When the submission was accepted.")
+    source: Literal["http", "smtp", "sendgrid", "retry"] = Field(description="How it came in.")
+    batch_id: str | None = Field(default=None, description="Batch the message belongs to.")
+    attempt: int = Field(default=1, ge=1, description="Delivery attempt this schedule is for.")
+    content: MessageContent
+
+
+class CancelRequested(MessageEvent):
+    """Cancel one pending message."""
+
+    type: Literal["cancel"] = "cancel"
+    schema_version: Literal[1] = 1
+
+
+class RescheduleRequested(MessageEvent):
+    """Move one pending message to another due second."""
+
+    type: Literal["reschedule"] = "reschedule"
+    schema_version: Literal[1] = 1
+    due_at: int = Field(ge=0, description="The new due unix second.")
+
+
+class PauseRequested(MessageEvent):
+    """Hold one pending message until it is resumed."""
+
+    type: Literal["pause"] = "pause"
+    schema_version: Literal[1] = 1
+
+
+class ResumeRequested(MessageEvent):
+    """Release a paused message (due at once if its due second has passed)."""
+
+    type: Literal["resume"] = "resume"
+    schema_version: Literal[1] = 1
+
+
+class Tick(BaseModel):
+    """Internal: the passage of time, written into one partition of the schedule stream.
+
+    The timer decides what is due only when it processes a tick, using the tick's ``now``, so
+    replaying the stream replays its decisions.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["tick"] = "tick"
+    schema_version: Literal[1] = 1
+    partition: int = Field(ge=0, description="The partition this tick was written to.")
+    now: float = Field(description="Unix time (seconds, fractional) when the tick was made.")
+
+
+ScheduleStreamEvent = Annotated[
+    Scheduled | CancelRequested | RescheduleRequested | PauseRequested | ResumeRequested | Tick,
+    Field(discriminator="type"),
+]
+
+
+# -- due and dispatch -------------------------------------------------------------------------
+
+
+class _Ready(MessageEvent):
+    due_at: int = Field(ge=0, description="The due unix second.")
+    attempt: int = Field(ge=1, description="Delivery attempt (1 for the first).")
+    batch_id: str | None = None
+    submitted_at: datetime
+    emitted_at: datetime = Field(description="When the timer emitted the due event.")
+    lateness_ms: int = Field(ge=0, description="emitted_at minus the due second, in ms.")
+    content: MessageContent
+
+
+class Due(_Ready):
+    """A message whose due second has come. (message_id, attempt) identifies a repeat."""
+
+    type: Literal["due"] = "due"
+    schema_version: Literal[1] = 1
+
+
+class Dispatch(_Ready):
+    """A due message that passed send-time validation and may be delivered."""
+
+    type: Literal["dispatch"] = "dispatch"
+    schema_version: Literal[1] = 1
+    validated_at: datetime
+
+
+# -- outcomes (kairos.outcomes, read by analytics) --------------------------------------------
+
+
+class _Outcome(MessageEvent):
+    attempt: int = Field(ge=1, description="Delivery attempt the outcome is for.")
+    due_at: int = Field(ge=0, description="The due unix second of the message.")
+    batch_id: str | None = Field(default=None, description="Batch of the message, if any.")
+    recipients: list[str] = Field(default_factory=list, description="Envelope recipients.")
+
+
+class Delivered(_Outcome):
+    """The relay accepted the message."""
+
+    type: Literal["delivered"] = "delivered"
+    schema_version: Literal[1] = 1
+    delivered_at: datetime
+    lateness_ms: int = Field(ge=0, description="delivered_at minus the due second, in ms.")
+    smtp_code: int = Field(description="The relay's reply code to DATA (250).")
+    smtp_text: str = Field(description="The relay's reply text.")
+
+
+class Deferred(_Outcome):
+    """A transient failure; another attempt is scheduled at retry_at."""
+
+    type: Literal["deferred"] = "deferred"
+    schema_version: Literal[1] = 1
+    smtp_code: int | None = Field(default=None, description="Reply code, if the relay answered.")
+    enhanced_status: str | None = Field(default=None, description="e.g. 4.2.1")
+    text: str = Field(description="What went wrong.")
+    retry_at: int = Field(description="Unix second of the next attempt.")
+
+
+FailureStage = Literal["submit", "timer", "validation", "delivery"]
+
+
+class Failed(_Outcome):
+    """A terminal failure: the message was not and will not be delivered."""
+
+    type: Literal["failed"] = "failed"
+    schema_version: Literal[1] = 1
+    stage: FailureStage = Field(description="Where it failed.")
+    reason: str = Field(
+        description="Stable reason code, e.g. domain_unverified, recipient_suppressed, "
+        "account_disabled, plan_insufficient, smtp_permanent, retries_exhausted, expired."
+    )
+    smtp_code: int | None = None
+    enhanced_status: str | None = None
+    text: str = Field(default="", description="Human-readable detail.")
+
+
+class Cancelled(_Outcome):
+    """The message was cancelled before it was due."""
+
+    type: Literal["cancelled"] = "cancelled"
+    schema_version: Literal[1] = 1
+    scope: Literal["message", "batch"] = Field(description="Cancelled by id or by batch.")
+
+
+Outcome = Annotated[Delivered | Deferred | Failed | Cancelled, Field(discriminator="type")]
+
+
+def utcnow_from(ts: float) -> datetime:
+    """A UTC datetime from unix seconds."""
+    return datetime.fromtimestamp(ts, tz=UTC)

@@ -1,0 +1,86 @@
+"""Generate the committed JSON Schema files from the models.
+
+``python -m schemas.jsonschema`` rewrites ``schemas/json/``; ``--check`` exits 1 when the files
+differ from what the models generate (CI runs the equivalent test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import BaseModel, TypeAdapter
+
+from schemas.registry import TOPICS
+
+JSON_DIR = Path(__file__).parent / "json"
+SCHEMA_BASE = "https://kairos.dev/schemas/"
+
+
+def _event_models(tp: Any) -> list[type[BaseModel]]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    args = get_args(tp)
+    models: list[type[BaseModel]] = []
+    for arg in args:
+        models.extend(_event_models(arg))
+    return models
+
+
+def _dump(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """Relative file name -> JSON text, for every event type and every topic with a value."""
+    files: dict[str, str] = {}
+    for spec in TOPICS:
+        if spec.value is None:
+            continue
+        topic_schema = TypeAdapter(spec.value).json_schema(mode="serialization")
+        topic_schema["$id"] = f"{SCHEMA_BASE}topics/{spec.name}.schema.json"
+        topic_schema["title"] = f"{spec.name}"
+        topic_schema["description"] = spec.description
+        topic_schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        files[f"topics/{spec.name}.schema.json"] = _dump(topic_schema)
+        for model in _event_models(spec.value):
+            type_field = model.model_fields["type"].default
+            version = model.model_fields["schema_version"].default
+            name = f"{type_field}.v{version}.schema.json"
+            schema = model.model_json_schema(mode="serialization")
+            schema["$id"] = f"{SCHEMA_BASE}events/{name}"
+            schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+            files[f"events/{name}"] = _dump(schema)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail when the files drift")
+    args = parser.parse_args(argv)
+    files = generate()
+    existing = {p.relative_to(JSON_DIR).as_posix() for p in JSON_DIR.rglob("*.json")}
+    drift = sorted(
+        name
+        for name in files.keys() | existing
+        if name not in files or name not in existing or (JSON_DIR / name).read_text() != files[name]
+    )
+    if args.check:
+        for name in drift:
+            print(f"drift: schemas/json/{name}", file=sys.stderr)
+        return 1 if drift else 0
+    for name in existing - files.keys():
+        (JSON_DIR / name).unlink()
+    for name, text in files.items():
+        path = JSON_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    print(f"wrote {len(files)} schema files to {JSON_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The topic registry: every topic Kairos uses, declared once.
+
+Services, ``kairos topics apply``, the deploy manifests and the docs read topics from here; no
+topic name is written anywhere else. Names here are logical; the full name is the configured
+prefix (default ``kairos.``) followed by the logical name, e.g. ``kairos.outcomes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas.events import Dispatch, Due, Outcome, ScheduleStreamEvent
+
+DAY_MS = 24 * 3600 * 1000
+
+#: Partitions of the message-keyed streams. The timer's state tables are partitioned the
+#: same way (their changelogs must match the schedule stream), so this is the ceiling on
+#: parallelism of every service.
+MESSAGE_PARTITIONS = 8
+
+#: Big enough for a 10 MB message (attachments included) after JSON/base64 overhead.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: what it carries, how it is kept, who writes and who reads it."""
+
+    name: str
+    description: str
+    key: str
+    value: Any
+    partitions: int
+    cleanup_policy: Literal["delete", "compact"]
+    retention_ms: int | None
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    config: dict[str, str] = field(default_factory=dict)
+    internal: bool = False
+
+    def topic_config(self) -> dict[str, str]:
+        """The Kafka topic-level configuration this spec implies."""
+        cfg = {"cleanup.policy": self.cleanup_policy, **self.config}
+        if self.retention_ms is not None:
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+
+_BIG = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        name="schedule",
+        description="Timer input: scheduled messages, lifecycle commands, retries and ticks, "
+        "keyed by message id so everything about one message is ordered.",
+        key="message_id (ticks: none, written to an explicit partition)",
+        value=ScheduleStreamEvent,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="delete",
+        retention_ms=7 * DAY_MS,
+        producers=("ingest", "sender", "timer"),
+        consumers=("timer",),
+        config=_BIG,
+    ),
+    TopicSpec(
+        name="due",
+        description="Messages whose due second has come, emitted by the timer.",
+        key="message_id",
+        value=Due,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="delete",
+        retention_ms=7 * DAY_MS,
+        producers=("timer",),
+        consumers=("validator",),
+        config=_BIG,
+    ),
+    TopicSpec(
+        name="dispatch",
+        description="Due messages that passed send-time validation.",
+        key="message_id",
+        value=Dispatch,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="delete",
+        retention_ms=7 * DAY_MS,
+        producers=("validator",),
+        consumers=("sender",),
+        config=_BIG,
+    ),
+    TopicSpec(
+        name="outcomes",
+        description="What happened to each message: delivered, deferred, failed, cancelled. "
+        "The stable, versioned stream for analytics consumers.",
+        key="message_id",
+        value=Outcome,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="delete",
+        retention_ms=30 * DAY_MS,
+        producers=("timer", "validator", "sender"),
+        consumers=("analytics",),
+    ),
+    TopicSpec(
+        name="timer-pending-changelog",
+        description="Changelog of the timer's pending-schedule table (message id -> schedule).",
+        key="message_id",
+        value=None,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("timer",),
+        consumers=("timer",),
+        config=_BIG,
+        internal=True,
+    ),
+    TopicSpec(
+        name="timer-index-changelog",
+        description="Changelog of the timer's due-second index (partition, second, slot -> id).",
+        key="index key",
+        value=None,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("timer",),
+        consumers=("timer",),
+        internal=True,
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in TOPICS}
+
+
+def topic_spec(name: str) -> TopicSpec:
+    """The spec of logical topic ``name``; KeyError names the known topics."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown topic {name!r}; known: {sorted(_BY_NAME)}") from None

@@ -1,0 +1,174 @@
+"""The public HTTP API (FastAPI): ``POST /email`` (JetEmail-compatible), ``/healthz``,
+``/metrics``, and the OpenAPI document at ``/openapi.json``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from kairos.clock import Clock, to_datetime
+from kairos.logging import get_logger
+from schemas.events import Scheduled
+from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
+from services.ingest.schedule import ScheduleError, resolve_scheduled_at
+
+log = get_logger("kairos.ingest")
+
+SUBMITTED = Counter("kairos_ingest_scheduled_total", "Messages accepted", ["source", "kind"])
+REJECTED = Counter("kairos_ingest_rejected_total", "Submissions rejected", ["source", "code"])
+
+
+class Publisher(Protocol):
+    """Where accepted events go. ``publish`` returns only once the broker has acknowledged
+    the event (acks=all) and raises :class:`PublishError` otherwise."""
+
+    async def publish(self, event: Scheduled) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+class PublishError(RuntimeError):
+    """The event could not be made durable; the client must not hear yes."""
+
+
+class ScheduledResponse(BaseModel):
+    id: str
+    response: str
+    scheduled_at: int
+
+
+class SentResponse(BaseModel):
+    id: str
+    response: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def _error(status: int, code: str, message: str, field: str | None) -> JSONResponse:
+    REJECTED.labels("http", code).inc()
+    return JSONResponse(error_body(code, message, field), status_code=status)
+
+
+def create_app(publisher: Publisher, clock: Clock, account_id: str = "default") -> FastAPI:
+    """The ingest HTTP application."""
+    app = FastAPI(
+        title="Kairos",
+        version="1",
+        description="Scheduled email: submit now, deliver at the second you name.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        return _error(400, "INVALID_REQUEST", str(first.get("msg")), ".".join(loc) or None)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> JSONResponse:
+        ok = publisher.ready()
+        return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(
+        "/email",
+        status_code=202,
+        tags=["email"],
+        responses={
+            201: {"model": SentResponse, "description": "Accepted for immediate sending"},
+            202: {"model": ScheduledResponse, "description": "Scheduled"},
+            400: {"model": ErrorResponse, "description": "Invalid request"},
+            503: {"model": ErrorResponse, "description": "Not durable yet; retry"},
+        },
+    )
+    async def send_email(body: dict[str, Any]) -> JSONResponse:
+        """Send an email now, or at ``scheduledAt`` (unix seconds or RFC 3339 with offset)."""
+        now = clock.now()
+        try:
+            req = EmailRequest.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or None
+            return _error(400, "INVALID_REQUEST", first["msg"], field)
+        try:
+            due = resolve_scheduled_at(body, now)
+        except ScheduleError as exc:
+            return _error(400, exc.code, exc.message, exc.field)
+        message_id = str(uuid.uuid4())
+        try:
+            content = compose(req, message_id)
+        except SubmitError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.field)
+        event = Scheduled(
+            occurred_at=to_datetime(now),
+            account_id=account_id,
+            message_id=message_id,
+            due_at=due if due is not None else int(now),
+            submitted_at=to_datetime(now),
+            source="http",
+            content=content,
+        )
+        try:
+            await publisher.publish(event)
+        except PublishError as exc:
+            log.warning("publish failed", message_id=message_id, error=str(exc))
+            return _error(503, "BROKER_UNAVAILABLE", "could not store the message; retry", None)
+        if due is None:
+            SUBMITTED.labels("http", "immediate").inc()
+            return JSONResponse(
+                {"id": message_id, "response": f"Queued as {message_id}"}, status_code=201
+            )
+        SUBMITTED.labels("http", "scheduled").inc()
+        return JSONResponse(
+            {
+                "id": message_id,
+                "response": f"Scheduled as {message_id} for {due}",
+                "scheduled_at": due,
+            },
+            status_code=202,
+        )
+
+    return app
+
+
+class KafkaPublisher:
+    """Publishes scheduled events with a durable producer (acks=all, idempotent)."""
+
+    def __init__(self, producer: Any, topic: str, timeout: float = 10.0) -> None:
+        self.producer, self.topic, self.timeout = producer, topic, timeout
+        self.started = False
+
+    async def publish(self, event: Scheduled) -> None:
+        from aiokafka.errors import KafkaError
+
+        from schemas.codec import encode
+
+        try:
+            await asyncio.wait_for(
+                self.producer.send_and_wait(
+                    self.topic, encode(event), key=event.message_id.encode()
+                ),
+                self.timeout,
+            )
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from exc
+
+    def ready(self) -> bool:
+        return self.started

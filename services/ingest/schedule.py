@@ -1,0 +1,128 @@
+"""Parsing of a requested send time (``scheduledAt``, ``X-Scheduled-At``, ``send_at``).
+
+Pure: every function takes ``now`` and either returns whole unix seconds or raises
+:class:`ScheduleError` with a stable code. A bad time is never turned into an immediate send.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+MAX_HORIZON_SECONDS = 30 * 24 * 3600
+
+_RFC3339 = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
+)
+_UNIX = re.compile(r"^\s*-?\d{1,12}\s*$")
+
+
+@dataclass(frozen=True)
+class ScheduleError(ValueError):
+    """A requested send time that cannot be honoured. ``code`` is stable; ``field`` names
+    the input it came from."""
+
+    code: str
+    message: str
+    field: str = "scheduledAt"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def parse_time(value: Any, field: str = "scheduledAt") -> int:
+    """Parse a unix-seconds integer or an RFC 3339 string with an offset into unix seconds.
+
+    Raises ScheduleError: ``SCHEDULED_AT_INVALID`` (not a time), ``SCHEDULED_AT_NO_OFFSET``
+    (a date-time without ``Z`` or ``±hh:mm``), ``SCHEDULED_AT_FRACTIONAL`` (a part of a second;
+    ``.000`` is a whole second and is accepted).
+    """
+    if isinstance(value, bool):
+        raise ScheduleError("SCHEDULED_AT_INVALID", "must be unix seconds or RFC 3339", field)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ScheduleError(
+                "SCHEDULED_AT_FRACTIONAL", "whole seconds only; got a fraction", field
+            )
+        return int(value)
+    if not isinstance(value, str):
+        raise ScheduleError("SCHEDULED_AT_INVALID", "must be unix seconds or RFC 3339", field)
+    text = value.strip()
+    if _UNIX.match(text):
+        return int(text)
+    if re.match(r"^\s*-?\d+\.\d+\s*$", text):
+        raise ScheduleError("SCHEDULED_AT_FRACTIONAL", "whole seconds only; got a fraction", field)
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ScheduleError(
+            "SCHEDULED_AT_INVALID",
+            f"{value!r} is neither unix seconds nor RFC 3339 (e.g. 2026-05-15T10:00:00Z)",
+            field,
+        )
+    if match["offset"] is None:
+        raise ScheduleError(
+            "SCHEDULED_AT_NO_OFFSET", "a date-time needs an offset: Z or ±hh:mm", field
+        )
+    if match["frac"] is not None and int(match["frac"]) != 0:
+        raise ScheduleError("SCHEDULED_AT_FRACTIONAL", "whole seconds only; got a fraction", field)
+    offset = match["offset"]
+    if offset in ("Z", "z"):
+        tz = UTC
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        hours, minutes = int(offset[1:3]), int(offset[4:6])
+        if hours > 23 or minutes > 59:
+            raise ScheduleError("SCHEDULED_AT_INVALID", f"bad offset {offset!r}", field)
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        moment = datetime.fromisoformat(f"{match['date']}T{match['time']}").replace(tzinfo=tz)
+    except ValueError as exc:
+        raise ScheduleError("SCHEDULED_AT_INVALID", f"not a real date-time: {exc}", field) from exc
+    return int(moment.timestamp())
+
+
+def check_window(
+    due: int, now: float, horizon: int = MAX_HORIZON_SECONDS, field: str = "scheduledAt"
+) -> int:
+    """``due`` if it is in the future and at most ``horizon`` seconds out, else ScheduleError
+    (``SCHEDULED_AT_IN_PAST``, ``SCHEDULED_AT_TOO_FAR``)."""
+    if due <= now:
+        raise ScheduleError(
+            "SCHEDULED_AT_IN_PAST", f"{due} is not in the future (now {int(now)})", field
+        )
+    if due - now > horizon:
+        raise ScheduleError(
+            "SCHEDULED_AT_TOO_FAR",
+            f"{due} is more than {horizon // 86400} days out",
+            field,
+        )
+    return due
+
+
+def resolve_scheduled_at(
+    body: dict[str, Any], now: float, horizon: int = MAX_HORIZON_SECONDS
+) -> int | None:
+    """The due second of a ``POST /email`` body, or None for an immediate send.
+
+    ``scheduledAt`` and its alias ``scheduled_at`` may both be given only with the same
+    time (``SCHEDULED_AT_CONFLICT`` otherwise). An explicit null is "no schedule".
+    """
+    present = [
+        (name, body[name]) for name in ("scheduledAt", "scheduled_at") if body.get(name) is not None
+    ]
+    if not present:
+        return None
+    parsed = [(name, parse_time(value, name)) for name, value in present]
+    if len({due for _, due in parsed}) > 1:
+        raise ScheduleError(
+            "SCHEDULED_AT_CONFLICT",
+            "scheduledAt and scheduled_at name different times",
+            "scheduled_at",
+        )
+    name, due = parsed[0]
+    return check_window(due, now, horizon, name)

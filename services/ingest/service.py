@@ -1,0 +1,44 @@
+"""The ingest service: the HTTP API on ``http_host:http_port``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from kairos.clock import Clock
+from kairos.kafka.clients import make_producer
+from kairos.logging import get_logger
+from kairos.settings import KairosSettings
+from services.ingest.http import KafkaPublisher, create_app
+
+log = get_logger("kairos.ingest")
+
+
+async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set."""
+    producer = make_producer(bootstrap)
+    publisher = KafkaPublisher(producer, settings.topic("schedule"))
+    app = create_app(publisher, clock)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    await producer.start()
+    publisher.started = True
+    serve = asyncio.create_task(server.serve())
+    log.info("ingest started", http=f"http://{settings.http_host}:{settings.http_port}")
+    try:
+        await asyncio.wait(
+            {serve, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        server.should_exit = True
+        await serve
+        await producer.stop()

@@ -1,0 +1,306 @@
+"""The timer's pure state machine over two key-value stores (faust tables in production,
+dicts in unit tests). No I/O and no clock: every call takes ``now``.
+
+Layout (all keys bytes, values orjson):
+
+* ``pending``: message id -> :class:`Entry` (the schedule, its due second and status).
+* ``index``: ``p{partition}:{second}`` -> slot count for that due second;
+  ``p{partition}:{second}:{slot}`` -> message id. One key per message, so a second holding
+  100,000 messages is 100,000 small writes, never one giant value rewritten.
+  ``p{partition}:cursor`` -> the :class:`Cursor` (next second and slot still to walk).
+
+Dispatch walks the index forward from the cursor to the tick's ``now`` and returns what is due;
+the caller publishes it, waits for the broker's acknowledgement, and only then calls
+:meth:`TimerState.commit`, which deletes the slots and advances the cursor. A crash between
+the two re-emits (at least once, same message id and attempt); it never loses a message.
+
+Invariants: a message is emitted only when the walk reaches a second ``<= floor(now)`` or when
+its due second is already behind the cursor, so never before its due second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from schemas.events import Scheduled
+
+Store = MutableMapping[bytes, bytes]
+
+#: SendGrid discards a paused message 72 h after its send time.
+PAUSE_EXPIRY_SECONDS = 72 * 3600
+
+Status = Literal["scheduled", "paused"]
+
+
+@dataclass
+class Entry:
+    """A pending message as the timer keeps it."""
+
+    scheduled: bytes  # the encoded Scheduled event (content included)
+    due: int
+    attempt: int
+    status: Status = "scheduled"
+    batch_id: str | None = None
+    #: set while paused: the second at which the pause expires
+    expires: int | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "s": self.scheduled.decode(),
+                "d": self.due,
+                "a": self.attempt,
+                "st": self.status,
+                "b": self.batch_id,
+                "x": self.expires,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Entry:
+        d = orjson.loads(raw)
+        return cls(
+            scheduled=d["s"].encode(),
+            due=d["d"],
+            attempt=d["a"],
+            status=d["st"],
+            batch_id=d["b"],
+            expires=d["x"],
+        )
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Seconds before ``second`` are fully walked; in ``second``, slots before ``slot`` are."""
+
+    second: int
+    slot: int = 0
+
+
+@dataclass(frozen=True)
+class Fire:
+    """A message the timer must act on now."""
+
+    message_id: str
+    entry: Entry
+    kind: Literal["due", "expired"]
+    lateness: float  # seconds after the due second (for "due")
+
+
+@dataclass
+class Walk:
+    """What a walk found: messages to fire, slots to free, and the cursor after it."""
+
+    fires: list[Fire] = field(default_factory=list)
+    freed: list[bytes] = field(default_factory=list)
+    cursor: Cursor | None = None
+    complete: bool = True
+    #: paused messages whose due second the walk passed: their 72 h expiry gets armed
+    paused: list[tuple[str, Entry]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: ``accepted`` with the fires it causes now, or ``rejected``."""
+
+    accepted: bool
+    reason: str = ""
+    fires: tuple[Fire, ...] = ()
+    entry: Entry | None = None
+
+
+def _k(*parts: object) -> bytes:
+    return ":".join(str(p) for p in parts).encode()
+
+
+class TimerState:
+    """The state of one partition of the timer."""
+
+    def __init__(self, pending: Store, index: Store, partition: int) -> None:
+        self.pending = pending
+        self.index = index
+        self.partition = partition
+
+    # -- cursor --------------------------------------------------------------------------
+
+    def cursor(self, now: float) -> Cursor:
+        """The walk cursor; the first time, the current second (nothing is earlier)."""
+        raw = self.index.get(_k(f"p{self.partition}", "cursor"))
+        if raw is None:
+            cur = Cursor(math.floor(now))
+            self._set_cursor(cur)
+            return cur
+        d = orjson.loads(raw)
+        return Cursor(d[0], d[1])
+
+    def _set_cursor(self, cur: Cursor) -> None:
+        self.index[_k(f"p{self.partition}", "cursor")] = orjson.dumps([cur.second, cur.slot])
+
+    # -- index ---------------------------------------------------------------------------
+
+    def _count(self, second: int) -> int:
+        raw = self.index.get(_k(f"p{self.partition}", second))
+        return int(raw) if raw is not None else 0
+
+    def _add_slot(self, second: int, message_id: str) -> None:
+        n = self._count(second)
+        self.index[_k(f"p{self.partition}", second, n)] = message_id.encode()
+        self.index[_k(f"p{self.partition}", second)] = str(n + 1).encode()
+
+    def _place(self, message_id: str, entry: Entry, at: int, now: float) -> tuple[Fire, ...]:
+        """Index ``message_id`` at second ``at``, or fire it at once if the walk is past it."""
+        cur = self.cursor(now)
+        if at < cur.second:
+            if entry.status == "paused":
+                return ()
+            return (Fire(message_id, entry, "due", max(0.0, now - entry.due)),)
+        self._add_slot(at, message_id)
+        return ()
+
+    # -- stream events -------------------------------------------------------------------
+
+    def schedule(self, ev: Scheduled, raw: bytes, now: float, paused: bool = False) -> Outcome:
+        """A new schedule (or a retry attempt). A repeat of a known attempt is ignored."""
+        known = self.pending.get(ev.message_id.encode())
+        if known is not None:
+            old = Entry.decode(known)
+            if old.attempt >= ev.attempt:
+                return Outcome(False, "duplicate", entry=old)
+        entry = Entry(
+            scheduled=raw,
+            due=ev.due_at,
+            attempt=ev.attempt,
+            batch_id=ev.batch_id,
+            status="paused" if paused else "scheduled",
+        )
+        self.pending[ev.message_id.encode()] = entry.encode()
+        fires = self._place(ev.message_id, entry, ev.due_at, now)
+        if paused and ev.due_at < self.cursor(now).second:
+            self._pause_expiry(ev.message_id, entry, now)
+        return Outcome(True, fires=fires, entry=entry)
+
+    def _get(self, message_id: str) -> Entry | None:
+        raw = self.pending.get(message_id.encode())
+        return Entry.decode(raw) if raw is not None else None
+
+    def cancel(self, message_id: str) -> Outcome:
+        """Remove a pending message; its index slot is skipped when walked."""
+        entry = self._get(message_id)
+        if entry is None:
+            return Outcome(False, "not_pending")
+        del self.pending[message_id.encode()]
+        return Outcome(True, entry=entry)
+
+    def reschedule(self, message_id: str, due: int, now: float) -> Outcome:
+        """Move a pending message to second ``due`` (fired at once if that is already past)."""
+        entry = self._get(message_id)
+        if entry is None:
+            return Outcome(False, "not_pending")
+        entry.due = due
+        entry.expires = None
+        self.pending[message_id.encode()] = entry.encode()
+        fires = self._place(message_id, entry, due, now)
+        if entry.status == "paused" and due < self.cursor(now).second:
+            self._pause_expiry(message_id, entry, now)
+        return Outcome(True, fires=fires, entry=entry)
+
+    def pause(self, message_id: str, now: float) -> Outcome:
+        """Hold a pending message: walked past its due second, it waits, for 72 h at most."""
+        entry = self._get(message_id)
+        if entry is None:
+            return Outcome(False, "not_pending")
+        if entry.status == "paused":
+            return Outcome(True, entry=entry)
+        entry.status = "paused"
+        self.pending[message_id.encode()] = entry.encode()
+        return Outcome(True, entry=entry)
+
+    def resume(self, message_id: str, now: float) -> Outcome:
+        """Release a paused message; due at once if its second has passed."""
+        entry = self._get(message_id)
+        if entry is None:
+            return Outcome(False, "not_pending")
+        if entry.status != "paused":
+            return Outcome(True, entry=entry)
+        entry.status = "scheduled"
+        overdue = entry.due < self.cursor(now).second
+        entry.expires = None
+        self.pending[message_id.encode()] = entry.encode()
+        if overdue:
+            return Outcome(
+                True, fires=(Fire(message_id, entry, "due", now - entry.due),), entry=entry
+            )
+        return Outcome(True, entry=entry)
+
+    def _pause_expiry(self, message_id: str, entry: Entry, now: float) -> None:
+        entry.expires = entry.due + PAUSE_EXPIRY_SECONDS
+        self.pending[message_id.encode()] = entry.encode()
+        self._add_slot(max(entry.expires, self.cursor(now).second), message_id)
+
+    def _forget(self, message_id: str) -> None:
+        self.pending.pop(message_id.encode(), None)
+
+    def forget(self, fired: list[Fire]) -> None:
+        """Drop fired messages from ``pending`` once their events are acknowledged."""
+        for fire in fired:
+            self._forget(fire.message_id)
+
+    # -- the walk ------------------------------------------------------------------------
+
+    def walk(self, now: float, limit: int = 5000) -> Walk:
+        """Walk the index from the cursor to ``floor(now)``, collecting at most ``limit``
+        fires. Read-only: nothing changes until :meth:`commit`. ``complete`` is False when
+        the limit stopped the walk early (walk again after committing)."""
+        target = math.floor(now)
+        cur = self.cursor(now)
+        out = Walk()
+        second, slot = cur.second, cur.slot
+        while second <= target:
+            n = self._count(second)
+            while slot < n:
+                if len(out.fires) >= limit:
+                    out.cursor = Cursor(second, slot)
+                    out.complete = False
+                    return out
+                key = _k(f"p{self.partition}", second, slot)
+                raw_id = self.index.get(key)
+                out.freed.append(key)
+                slot += 1
+                if raw_id is None:
+                    continue
+                message_id = raw_id.decode()
+                entry = self._get(message_id)
+                if entry is None:
+                    continue  # cancelled, or already fired
+                if entry.status == "scheduled" and entry.due == second:
+                    out.fires.append(Fire(message_id, entry, "due", max(0.0, now - second)))
+                elif entry.status == "paused" and entry.expires == second:
+                    out.fires.append(Fire(message_id, entry, "expired", now - entry.due))
+                elif entry.status == "paused" and entry.due == second:
+                    out.paused.append((message_id, entry))
+            if n:
+                out.freed.append(_k(f"p{self.partition}", second))
+            second, slot = second + 1, 0
+        out.cursor = Cursor(second, 0)
+        return out
+
+    def commit(self, walk: Walk, now: float) -> None:
+        """Apply a walk whose fires have been published: free its slots, forget what fired,
+        arm the 72 h expiry of paused messages it passed, and advance the cursor."""
+        for key in walk.freed:
+            self.index.pop(key, None)
+        self.forget(walk.fires)
+        assert walk.cursor is not None
+        self._set_cursor(walk.cursor)
+        for message_id, entry in walk.paused:
+            self._pause_expiry(message_id, entry, now)
+
+    def pending_ids(self) -> Iterator[str]:
+        """Every pending message id (a full scan; for tests and tooling)."""
+        for key in self.pending:
+            yield key.decode()

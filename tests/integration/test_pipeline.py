@@ -1,0 +1,109 @@
+"""The thin path on real Kafka and a real SMTP sink: submit over HTTP, the timer holds it,
+the validator passes it, the sender relays it, an outcome is published."""
+
+from __future__ import annotations
+
+import json
+import time
+from email import message_from_bytes
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from schemas.codec import decode, decode_as
+from schemas.events import Delivered, Due
+from schemas.jsonschema import JSON_DIR
+from tests.integration.conftest import Stack, read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def wait_for_eml(outbox: Path, needle: str, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in outbox.glob("*.eml") if outbox.exists() else []:
+            if needle.encode() in path.read_bytes():
+                return path
+        time.sleep(0.1)
+    raise AssertionError(f"no .eml containing {needle!r} in {outbox}")
+
+
+def body(subject: str, **extra: object) -> dict[str, object]:
+    return {
+        "from": "Kairos Test <hello@example.com>",
+        "to": "user@example.org",
+        "subject": subject,
+        "text": "hello",
+        **extra,
+    }
+
+
+async def outcome_for(stack: Stack, message_id: str, timeout: float = 30) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for raw in await read_topic(
+            stack.settings.kafka_bootstrap or "",
+            stack.settings.topic("outcomes"),
+            10_000,
+            timeout=2,
+        ):
+            if json.loads(raw)["message_id"] == message_id:
+                return raw
+    raise AssertionError(f"no outcome for {message_id}")
+
+
+async def test_immediate_send_reaches_the_sink(pipeline: Stack, http: httpx.AsyncClient) -> None:
+    r = await http.post("/email", json=body("immediate"))
+    assert r.status_code == 201, r.text
+    message_id = r.json()["id"]
+    eml = wait_for_eml(pipeline.outbox, message_id)
+    msg = message_from_bytes(eml.read_bytes())
+    assert msg["Subject"] == "immediate"
+    assert msg["Date"] is not None
+    raw = await outcome_for(pipeline, message_id)
+    schema = json.loads((JSON_DIR / "topics" / "outcomes.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(raw))
+    outcome = decode(raw, "outcomes")
+    assert isinstance(outcome, Delivered)
+    assert outcome.smtp_code == 250
+
+
+async def test_scheduled_send_arrives_no_earlier_than_its_second(
+    pipeline: Stack, http: httpx.AsyncClient
+) -> None:
+    due = int(time.time()) + 3
+    r = await http.post("/email", json=body("scheduled", scheduledAt=due))
+    assert r.status_code == 202, r.text
+    payload = r.json()
+    message_id = payload["id"]
+    assert payload == {
+        "id": message_id,
+        "scheduled_at": due,
+        "response": f"Scheduled as {message_id} for {due}",
+    }
+    eml = wait_for_eml(pipeline.outbox, message_id)
+    stored_at = float(eml.name.split("-", 1)[0])
+    assert stored_at >= due, f"delivered {due - stored_at:.3f}s early"
+    dues = [
+        decode_as(v, Due)
+        for v in await read_topic(
+            pipeline.settings.kafka_bootstrap or "", pipeline.settings.topic("due"), 10_000, 5
+        )
+    ]
+    mine = [d for d in dues if d.message_id == message_id]
+    assert mine and all(d.emitted_at.timestamp() >= due for d in mine)
+    outcome = decode(await outcome_for(pipeline, message_id), "outcomes")
+    assert isinstance(outcome, Delivered)
+    assert outcome.delivered_at.timestamp() >= due
+    assert outcome.due_at == due
+
+
+async def test_bad_schedule_is_rejected_never_sent(
+    pipeline: Stack, http: httpx.AsyncClient
+) -> None:
+    r = await http.post("/email", json=body("bad", scheduledAt="2026-05-15T10:00:00"))
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "SCHEDULED_AT_NO_OFFSET"
+    assert r.json()["error"]["field"] == "scheduledAt"

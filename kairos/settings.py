@@ -28,6 +28,11 @@ class KairosSettings(BaseSettings):
     )
     replication_factor: int = Field(default=1, ge=1, description="Replication factor of topics.")
     group_prefix: str = Field(default="kairos", description="Prefix of consumer group ids.")
+    session_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds before a silent consumer (a killed worker) loses its partitions.",
+    )
 
     # -- local embedded broker ---------------------------------------------------------------
     state_dir: Path = Field(default=Path(".kairos"), description="Where local state lives.")
@@ -69,6 +74,9 @@ class KairosSettings(BaseSettings):
     # -- timer -------------------------------------------------------------------------------
     tick_interval: float = Field(
         default=0.1, ge=0, description="Seconds between timer ticks; 0 disables the ticker."
+    )
+    timer_standby_replicas: int = Field(
+        default=1, ge=0, description="Standby copies of each timer table partition (faust)."
     )
     timer_store: str = Field(
         default="rocksdb://",

@@ -5,6 +5,8 @@ This package imports no Kafka client, so an analytics team can depend on it alon
 
 from schemas.codec import decode, decode_as, encode
 from schemas.events import (
+    BatchCommand,
+    CommandRejected,
     Cancelled,
     CancelRequested,
     Deferred,
@@ -24,6 +26,8 @@ from schemas.events import (
 from schemas.registry import TOPICS, TopicSpec, topic_spec
 
 __all__ = [
+    "BatchCommand",
+    "CommandRejected",
     "TOPICS",
     "CancelRequested",
     "Cancelled",

@@ -7,7 +7,7 @@ consumer gets a typed, frozen model or a :class:`DecodeError` (a poison message)
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -32,7 +32,7 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 def decode_as(data: bytes | str, tp: type[T] | Any) -> T:
     """Decode ``data`` as ``tp`` (a model or an annotated union of models)."""
     try:
-        result: T = _adapter(tp).validate_json(data)
+        result: T = _adapter(cast(Any, tp)).validate_json(data)
     except ValidationError as exc:
         raise DecodeError(str(exc)) from exc
     return result

@@ -128,8 +128,29 @@ class Tick(BaseModel):
     now: float = Field(description="Unix time (seconds, fractional) when the tick was made.")
 
 
+class BatchCommand(Event):
+    """Cancel, pause or resume every message of a batch.
+
+    A batch's messages are spread over all partitions, so the command is written once into
+    every partition of the schedule stream (keyed by batch id, explicit partition); each timer
+    partition applies it to its own messages, in order with everything else it processes.
+    """
+
+    type: Literal["batch"] = "batch"
+    schema_version: Literal[1] = 1
+    batch_id: str = Field(description="The batch.")
+    action: Literal["cancel", "pause", "resume"]
+    partition: int = Field(ge=0, description="The partition this copy was written to.")
+
+
 ScheduleStreamEvent = Annotated[
-    Scheduled | CancelRequested | RescheduleRequested | PauseRequested | ResumeRequested | Tick,
+    Scheduled
+    | CancelRequested
+    | RescheduleRequested
+    | PauseRequested
+    | ResumeRequested
+    | BatchCommand
+    | Tick,
     Field(discriminator="type"),
 ]
 
@@ -220,7 +241,19 @@ class Cancelled(_Outcome):
     scope: Literal["message", "batch"] = Field(description="Cancelled by id or by batch.")
 
 
-Outcome = Annotated[Delivered | Deferred | Failed | Cancelled, Field(discriminator="type")]
+class CommandRejected(MessageEvent):
+    """A lifecycle command the timer could not apply (not a terminal outcome): the message is
+    unknown, already due, or already cancelled."""
+
+    type: Literal["rejected"] = "rejected"
+    schema_version: Literal[1] = 1
+    command: Literal["cancel", "reschedule", "pause", "resume"]
+    reason: str = Field(description="Stable reason code, e.g. not_pending.")
+
+
+Outcome = Annotated[
+    Delivered | Deferred | Failed | Cancelled | CommandRejected, Field(discriminator="type")
+]
 
 
 def utcnow_from(ts: float) -> datetime:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -21,8 +20,10 @@ from kairos.logging import get_logger
 from kairos.settings import KairosSettings
 from schemas.codec import decode_as, encode
 from schemas.events import (
+    BatchCommand,
     Cancelled,
     CancelRequested,
+    CommandRejected,
     Due,
     Failed,
     PauseRequested,
@@ -61,6 +62,7 @@ class Timer:
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            producer_linger=0.005,
             producer_max_request_size=MAX_MESSAGE_BYTES,
             consumer_max_fetch_size=MAX_MESSAGE_BYTES,
             broker_commit_every=1000,
@@ -68,7 +70,9 @@ class Timer:
             web_enabled=True,
             web_host="0.0.0.0",
             web_port=web_port,
-            table_standby_replicas=0,
+            table_standby_replicas=settings.timer_standby_replicas,
+            broker_session_timeout=settings.session_timeout,
+            broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
             stream_wait_empty=False,
             loghandlers=[],
         )
@@ -120,8 +124,9 @@ class Timer:
 
         async def healthz(view: Any, request: Any) -> Any:
             ready = timer.ready()
-            return view.json({"status": "ok" if ready else "starting"},
-                             status=200 if ready else 503)
+            return view.json(
+                {"status": "ok" if ready else "starting"}, status=200 if ready else 503
+            )
 
         self.app.page("/healthz")(healthz)
 
@@ -139,131 +144,119 @@ class Timer:
 
     def ready(self) -> bool:
         """Ready once partitions are assigned and the tables are recovered."""
-        recovery = self.app.tables.recovery
+        recovery = cast(Any, self.app.tables).recovery
         return bool(
-            not self.app.rebalancing
-            and recovery.completed.is_set()
-            and not recovery.in_recovery
+            not self.app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
         )
 
     # -- the agent -----------------------------------------------------------------------
 
-    async def _agent(self, stream: Any) -> Any:
+    async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
             state = TimerState(self.pending, self.index, partition)
             try:
-                ev = decode_as(event.value, ScheduleStreamEvent)
+                ev: Any = decode_as(event.value, ScheduleStreamEvent)
             except ValueError as exc:
                 log.error("poison message skipped", partition=partition, error=str(exc)[:200])
                 continue
             await self.handle(state, ev, event.value)
-            yield None
 
     async def handle(self, state: TimerState, ev: Any, raw: bytes) -> None:
-        now = ev.now if isinstance(ev, Tick) else self.clock.now()
+        """Apply one schedule-stream event to one partition's state. Whatever it fires is
+        published and acknowledged before the state forgets it."""
         if isinstance(ev, Tick):
             while True:
-                walk = state.walk(now, limit=EMIT_CHUNK)
-                await self._publish(walk.fires, now)
-                state.commit(walk, now)
+                walk = state.walk(ev.now, limit=EMIT_CHUNK)
+                await self._publish(walk.fires, ev.now)
+                state.commit(walk, ev.now)
                 if walk.complete:
                     return
+        now = self.clock.now()
         if isinstance(ev, Scheduled):
             outcome = state.schedule(ev, raw, now)
         elif isinstance(ev, CancelRequested):
-            outcome = state.cancel(ev.message_id)
-            if outcome.accepted and outcome.entry is not None:
-                sched = decode_as(outcome.entry.scheduled, Scheduled)
-                await self._send_outcome(
-                    Cancelled(
-                        occurred_at=to_datetime(now),
-                        account_id=sched.account_id,
-                        message_id=ev.message_id,
-                        attempt=sched.attempt,
-                        due_at=outcome.entry.due,
-                        batch_id=sched.batch_id,
-                        recipients=sched.content.rcpt_to,
-                        scope="message",
-                    )
-                )
+            outcome = state.cancel(ev.message_id, now)
         elif isinstance(ev, RescheduleRequested):
             outcome = state.reschedule(ev.message_id, ev.due_at, now)
         elif isinstance(ev, PauseRequested):
             outcome = state.pause(ev.message_id, now)
         elif isinstance(ev, ResumeRequested):
             outcome = state.resume(ev.message_id, now)
+        elif isinstance(ev, BatchCommand):
+            outcome = state.batch(ev.batch_id, ev.action, now)
         else:  # pragma: no cover - the union is exhaustive
             return
-        if not outcome.accepted:
+        if not outcome.accepted and ev.type in ("cancel", "reschedule", "pause", "resume"):
+            rejected = CommandRejected(
+                occurred_at=to_datetime(now),
+                account_id=ev.account_id,
+                message_id=ev.message_id,
+                command=ev.type,
+                reason=outcome.reason,
+            )
+            await (
+                await self.outcomes_topic.send(
+                    key=ev.message_id.encode(), value=encode(rejected), force=True
+                )
+            )
             log.info(
-                "command not applied", type=ev.type, message_id=ev.message_id, reason=outcome.reason
+                "command rejected", command=ev.type, message_id=ev.message_id, reason=outcome.reason
             )
         if outcome.fires:
-            await self._publish(list(outcome.fires), now)
+            await self._publish(outcome.fires, now)
             state.forget(list(outcome.fires))
 
     async def _publish(self, fires: Iterable[Fire], now: float) -> None:
         futures = []
         for fire in fires:
-            sched = decode_as(fire.entry.scheduled, Scheduled)
-            if fire.kind == "due":
-                due_second = fire.entry.due
-                lateness = max(0, round((now - due_second) * 1000))
-                value = encode(
-                    Due(
-                        occurred_at=to_datetime(now),
-                        account_id=sched.account_id,
-                        message_id=fire.message_id,
-                        due_at=due_second,
-                        attempt=fire.entry.attempt,
-                        batch_id=sched.batch_id,
-                        submitted_at=sched.submitted_at,
-                        emitted_at=to_datetime(now),
-                        lateness_ms=lateness,
-                        content=sched.content,
-                    )
-                )
-                futures.append(
-                    await self.due_topic.send(key=fire.message_id.encode(), value=value, force=True)
-                )
+            event = fire_event(fire, now)
+            topic = self.due_topic if isinstance(event, Due) else self.outcomes_topic
+            futures.append(
+                await topic.send(key=fire.message_id.encode(), value=encode(event), force=True)
+            )
+            if isinstance(event, Due):
                 self.emitted += 1
-            else:
-                futures.append(
-                    await self.outcomes_topic.send(
-                        key=fire.message_id.encode(),
-                        force=True,
-                        value=encode(
-                            Failed(
-                                occurred_at=to_datetime(now),
-                                account_id=sched.account_id,
-                                message_id=fire.message_id,
-                                attempt=fire.entry.attempt,
-                                due_at=fire.entry.due,
-                                batch_id=sched.batch_id,
-                                recipients=sched.content.rcpt_to,
-                                stage="timer",
-                                reason="expired",
-                                text="paused for more than 72 hours past its send time",
-                            )
-                        ),
-                    )
-                )
             if len(futures) >= EMIT_CHUNK:
                 await asyncio.gather(*futures)
                 futures.clear()
         if futures:
             await asyncio.gather(*futures)
 
-    async def _send_outcome(self, outcome: Any) -> None:
-        fut = await self.outcomes_topic.send(
-            key=outcome.message_id.encode(), value=encode(outcome), force=True
+
+def fire_event(fire: Fire, now: float) -> Due | Failed | Cancelled:
+    """The event a fire publishes: a due event, or an ``expired`` failure, or a cancellation."""
+    sched: Scheduled = decode_as(fire.entry.scheduled, Scheduled)
+    common: dict[str, Any] = {
+        "occurred_at": to_datetime(now),
+        "account_id": sched.account_id,
+        "message_id": fire.message_id,
+        "batch_id": sched.batch_id,
+    }
+    if fire.kind == "due":
+        return Due(
+            **common,
+            due_at=fire.entry.due,
+            attempt=fire.entry.attempt,
+            submitted_at=sched.submitted_at,
+            emitted_at=to_datetime(now),
+            lateness_ms=max(0, round((now - fire.entry.due) * 1000)),
+            content=sched.content,
         )
-        await fut
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
+    outcome = {
+        **common,
+        "attempt": fire.entry.attempt,
+        "due_at": fire.entry.due,
+        "recipients": sched.content.rcpt_to,
+    }
+    if fire.kind == "cancelled":
+        return Cancelled(**outcome, scope=fire.scope)
+    return Failed(
+        **outcome,
+        stage="timer",
+        reason="expired",
+        text="paused for more than 72 hours past its send time",
+    )
 
 
 def run(settings: KairosSettings, bootstrap: str, clock: Clock) -> None:

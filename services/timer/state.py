@@ -84,12 +84,14 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Fire:
-    """A message the timer must act on now."""
+    """A message the timer must act on now: publish a due event (``due``), or a terminal
+    outcome (``expired``: paused for more than 72 h; ``cancelled``)."""
 
     message_id: str
     entry: Entry
-    kind: Literal["due", "expired"]
+    kind: Literal["due", "expired", "cancelled"]
     lateness: float  # seconds after the due second (for "due")
+    scope: Literal["message", "batch"] = "message"
 
 
 @dataclass
@@ -156,7 +158,7 @@ class TimerState:
         """Index ``message_id`` at second ``at``, or fire it at once if the walk is past it."""
         cur = self.cursor(now)
         if at < cur.second:
-            if entry.status == "paused":
+            if self._paused(entry):
                 return ()
             return (Fire(message_id, entry, "due", max(0.0, now - entry.due)),)
         self._add_slot(at, message_id)
@@ -179,8 +181,17 @@ class TimerState:
             status="paused" if paused else "scheduled",
         )
         self.pending[ev.message_id.encode()] = entry.encode()
+        if ev.batch_id is not None:
+            if known is None:
+                self._add_member(ev.batch_id, ev.message_id)
+            if self.batch_status(ev.batch_id) == "cancelled":
+                return Outcome(
+                    True,
+                    fires=(Fire(ev.message_id, entry, "cancelled", 0.0, "batch"),),
+                    entry=entry,
+                )
         fires = self._place(ev.message_id, entry, ev.due_at, now)
-        if paused and ev.due_at < self.cursor(now).second:
+        if self._paused(entry) and ev.due_at < self.cursor(now).second:
             self._pause_expiry(ev.message_id, entry, now)
         return Outcome(True, fires=fires, entry=entry)
 
@@ -188,13 +199,67 @@ class TimerState:
         raw = self.pending.get(message_id.encode())
         return Entry.decode(raw) if raw is not None else None
 
-    def cancel(self, message_id: str) -> Outcome:
-        """Remove a pending message; its index slot is skipped when walked."""
+    def cancel(self, message_id: str, now: float) -> Outcome:
+        """Cancel a pending message: a ``cancelled`` fire; once it is published,
+        :meth:`forget` removes the message (its index slot is skipped when walked)."""
         entry = self._get(message_id)
         if entry is None:
             return Outcome(False, "not_pending")
-        del self.pending[message_id.encode()]
-        return Outcome(True, entry=entry)
+        return Outcome(True, fires=(Fire(message_id, entry, "cancelled", 0.0),), entry=entry)
+
+    # -- batches -------------------------------------------------------------------------
+
+    def batch_status(self, batch_id: str | None) -> str:
+        """``active``, ``paused`` or ``cancelled``, as this partition last heard."""
+        if batch_id is None:
+            return "active"
+        raw = self.index.get(_k(f"p{self.partition}", "batch", batch_id))
+        return raw.decode() if raw is not None else "active"
+
+    def _members(self, batch_id: str) -> Iterator[tuple[str, Entry]]:
+        raw = self.index.get(_k(f"p{self.partition}", "bm", batch_id))
+        for i in range(int(raw) if raw is not None else 0):
+            mid = self.index.get(_k(f"p{self.partition}", "bm", batch_id, i))
+            entry = self._get(mid.decode()) if mid is not None else None
+            if mid is not None and entry is not None and entry.batch_id == batch_id:
+                yield mid.decode(), entry
+
+    def _add_member(self, batch_id: str, message_id: str) -> None:
+        count_key = _k(f"p{self.partition}", "bm", batch_id)
+        raw = self.index.get(count_key)
+        n = int(raw) if raw is not None else 0
+        self.index[_k(f"p{self.partition}", "bm", batch_id, n)] = message_id.encode()
+        self.index[count_key] = str(n + 1).encode()
+
+    def _paused(self, entry: Entry) -> bool:
+        return entry.status == "paused" or self.batch_status(entry.batch_id) == "paused"
+
+    def batch(self, batch_id: str, action: str, now: float) -> Outcome:
+        """Apply a batch command to this partition's messages of the batch.
+
+        ``cancel``: every pending member fires ``cancelled`` (scope batch), and members
+        scheduled later are cancelled on arrival. ``pause``: members wait when their second
+        comes (for 72 h at most). ``resume``: members whose second has passed fire now."""
+        status = self.batch_status(batch_id)
+        key = _k(f"p{self.partition}", "batch", batch_id)
+        if status == "cancelled":
+            return Outcome(action == "cancel", "" if action == "cancel" else "batch_cancelled")
+        if action == "cancel":
+            self.index[key] = b"cancelled"
+            fires = tuple(
+                Fire(mid, e, "cancelled", 0.0, "batch") for mid, e in self._members(batch_id)
+            )
+            return Outcome(True, fires=fires)
+        if action == "pause":
+            self.index[key] = b"paused"
+            return Outcome(True)
+        self.index.pop(key, None)
+        cursor = self.cursor(now).second
+        due: list[Fire] = []
+        for mid, entry in self._members(batch_id):
+            if entry.status == "scheduled" and entry.due < cursor:
+                due.append(Fire(mid, entry, "due", max(0.0, now - entry.due)))
+        return Outcome(True, fires=tuple(due))
 
     def reschedule(self, message_id: str, due: int, now: float) -> Outcome:
         """Move a pending message to second ``due`` (fired at once if that is already past)."""
@@ -205,7 +270,7 @@ class TimerState:
         entry.expires = None
         self.pending[message_id.encode()] = entry.encode()
         fires = self._place(message_id, entry, due, now)
-        if entry.status == "paused" and due < self.cursor(now).second:
+        if self._paused(entry) and due < self.cursor(now).second:
             self._pause_expiry(message_id, entry, now)
         return Outcome(True, fires=fires, entry=entry)
 
@@ -231,7 +296,7 @@ class TimerState:
         overdue = entry.due < self.cursor(now).second
         entry.expires = None
         self.pending[message_id.encode()] = entry.encode()
-        if overdue:
+        if overdue and not self._paused(entry):
             return Outcome(
                 True, fires=(Fire(message_id, entry, "due", now - entry.due),), entry=entry
             )
@@ -260,6 +325,7 @@ class TimerState:
         cur = self.cursor(now)
         out = Walk()
         second, slot = cur.second, cur.slot
+        seen: set[str] = set()
         while second <= target:
             n = self._count(second)
             while slot < n:
@@ -275,13 +341,18 @@ class TimerState:
                     continue
                 message_id = raw_id.decode()
                 entry = self._get(message_id)
-                if entry is None:
-                    continue  # cancelled, or already fired
-                if entry.status == "scheduled" and entry.due == second:
+                if entry is None or message_id in seen:
+                    continue  # cancelled, already fired, or a stale second slot
+                seen.add(message_id)
+                batch = self.batch_status(entry.batch_id)
+                paused = entry.status == "paused" or batch == "paused"
+                if batch == "cancelled":
+                    out.fires.append(Fire(message_id, entry, "cancelled", 0.0, "batch"))
+                elif not paused and entry.due == second:
                     out.fires.append(Fire(message_id, entry, "due", max(0.0, now - second)))
-                elif entry.status == "paused" and entry.expires == second:
+                elif paused and entry.expires == second:
                     out.fires.append(Fire(message_id, entry, "expired", now - entry.due))
-                elif entry.status == "paused" and entry.due == second:
+                elif paused and entry.due == second:
                     out.paused.append((message_id, entry))
             if n:
                 out.freed.append(_k(f"p{self.partition}", second))

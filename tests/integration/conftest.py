@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,26 +47,40 @@ class Stack:
     def health_port(self, service: str) -> int:
         return int(self.env[f"_PORT_{service}"])
 
-    def start(self, *services: str) -> None:
+    def start(self, *services: str, wait: bool = True) -> None:
+        """Start services, each as its own process, and wait until each is healthy."""
         for service in services:
-            env = dict(self.env)
-            if service in ("timer", "validator", "sender"):
-                env["KAIROS_HEALTH_PORT"] = str(self.health_port(service))
-            assert self.logs is not None
-            log = open(self.logs / f"{service}.log", "ab")  # noqa: SIM115 - closed by the OS
-            self.procs[service] = subprocess.Popen(
-                [sys.executable, "-m", "kairos.cli", "run", service],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        for service in services:
-            self.wait_healthy(service)
+            self.start_as(service, service, wait=False)
+        if wait:
+            for service in services:
+                self.wait_healthy(service)
+
+    def start_as(
+        self, name: str, service: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
+        """Start ``service`` under ``name`` (e.g. a second timer worker ``timer2`` with its
+        own state dir, given in ``env``, and its own health port)."""
+        if f"_PORT_{name}" not in self.env:
+            self.env[f"_PORT_{name}"] = str(free_port())
+        full = dict(self.env)
+        if service in ("timer", "validator", "sender"):
+            full["KAIROS_HEALTH_PORT"] = str(self.health_port(name))
+        full.update(env or {})
+        assert self.logs is not None
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed by the OS
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "kairos.cli", "run", service],
+            env=full,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_healthy(name)
 
     def wait_healthy(self, service: str, timeout: float = 90.0) -> None:
         if service == "sink":
             port = self.settings.sink_port
-        elif service == "ingest":
+        elif service.startswith("ingest"):
             port = self.settings.http_port
         else:
             port = self.health_port(service)
@@ -187,3 +202,51 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
 async def http(pipeline: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=pipeline.http, timeout=30) as client:
         yield client
+
+
+class Watcher:
+    """Reads a topic from its beginning in the background, keeping (receive time, value)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: list[tuple[float, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        consumer = make_consumer(self.bootstrap, None, self.topic)
+        await consumer.start()
+
+        async def run() -> None:
+            try:
+                while True:
+                    batch = await consumer.getmany(timeout_ms=100)
+                    now = time.time()
+                    for records in batch.values():
+                        self.records.extend((now, r.value) for r in records)
+            finally:
+                await consumer.stop()
+
+        self._task = asyncio.create_task(run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def wait_for(
+        self,
+        predicate: Callable[[list[tuple[float, bytes]]], bool],
+        timeout: float = 60,
+        what: str = "",
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.records):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what or 'records'} "
+            f"on {self.topic} ({len(self.records)} seen)"
+        )

@@ -113,8 +113,9 @@ def test_cancel_reschedule_pause_resume() -> None:
     h.tick()
     for mid in "abcd":
         h.schedule(mid, T0 + 5)
-    assert h.state.cancel("a").accepted
-    assert not h.state.cancel("a").accepted
+    h._fire(list(h.state.cancel("a", clock.now()).fires))
+    assert h.ids("cancelled") == ["a"]
+    assert not h.state.cancel("a", clock.now()).accepted
     assert h.state.reschedule("b", T0 + 20, clock.now()).accepted
     assert h.state.pause("c", clock.now()).accepted
     clock.advance(6)
@@ -125,7 +126,7 @@ def test_cancel_reschedule_pause_resume() -> None:
     clock.advance(14)
     h.tick()
     assert h.ids() == ["d", "c", "b"]
-    assert not h.state.cancel("b").accepted, "an already-due message is no longer pending"
+    assert not h.state.cancel("b", clock.now()).accepted, "already due: no longer pending"
     assert not h.state.reschedule("zz", T0 + 99, clock.now()).accepted
 
 
@@ -202,3 +203,65 @@ def test_never_early_and_each_fires_once(dues: list[int], steps: list[float], li
         assert fire.lateness >= 0
     assert sorted(h.ids()) == sorted(f"m{i}" for i in range(len(dues)))
     assert all(math.isfinite(at) for at, _ in h.fired)
+
+
+def test_rescheduled_back_and_forth_fires_once() -> None:
+    clock = FakeClock(T0)
+    h = Harness(clock)
+    h.tick()
+    h.schedule("m", T0 + 5)
+    h.state.reschedule("m", T0 + 7, clock.now())
+    h.state.reschedule("m", T0 + 5, clock.now())
+    clock.advance(10)
+    h.tick()
+    assert h.ids() == ["m"]
+
+
+def batch_schedule(h: Harness, mid: str, due: int, batch: str) -> None:
+    ev, _ = sched(mid, due)
+    ev = ev.model_copy(update={"batch_id": batch})
+    h._fire(list(h.state.schedule(ev, encode(ev), h.clock.now()).fires))
+
+
+def test_batch_pause_resume_and_cancel() -> None:
+    clock = FakeClock(T0)
+    h = Harness(clock)
+    h.tick()
+    for i in range(4):
+        batch_schedule(h, f"b{i}", T0 + 5 + i, "B")
+    batch_schedule(h, "other", T0 + 5, "C")
+    assert h.state.batch("B", "pause", clock.now()).accepted
+    clock.advance(10)
+    h.tick()
+    assert h.ids() == ["other"]
+    batch_schedule(h, "late-member", T0 + 6, "B")  # arrives while paused, already overdue
+    assert h.ids() == ["other"]
+    h._fire(list(h.state.batch("B", "resume", clock.now()).fires))
+    assert sorted(h.ids()) == sorted(["other", "b0", "b1", "b2", "b3", "late-member"])
+    for i in range(3):
+        batch_schedule(h, f"c{i}", T0 + 100, "C")
+    h._fire(list(h.state.batch("C", "cancel", clock.now()).fires))
+    assert sorted(h.ids("cancelled")) == ["c0", "c1", "c2"]
+    assert all(f.scope == "batch" for _, f in h.fired if f.kind == "cancelled")
+    batch_schedule(h, "c-after", T0 + 200, "C")
+    assert "c-after" in h.ids("cancelled"), "a cancelled batch cancels late arrivals"
+    clock.advance(300)
+    h.tick()
+    assert not any(i.startswith("c") for i in h.ids())
+    assert h.state.pending == {}
+
+
+def test_a_batch_paused_past_72h_expires() -> None:
+    clock = FakeClock(T0)
+    h = Harness(clock)
+    h.tick()
+    batch_schedule(h, "x", T0 + 2, "B")
+    h.state.batch("B", "pause", clock.now())
+    clock.advance(3)
+    h.tick()
+    clock.advance(PAUSE_EXPIRY_SECONDS - 2)
+    h.tick()
+    assert h.ids("expired") == []
+    clock.advance(1)
+    h.tick()
+    assert h.ids("expired") == ["x"]

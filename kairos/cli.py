@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from kairos.clock import SystemClock
+from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
 from kairos.settings import KairosSettings
 
@@ -169,15 +170,7 @@ def up() -> None:
     sys.exit(code)
 
 
-def _register_optional() -> None:
-    try:
-        from kairos.kafka.cli import kafka
-    except ImportError:  # pragma: no cover - during bootstrap only
-        return
-    main.add_command(kafka)
-
-
-_register_optional()
+main.add_command(kafka)
 
 if __name__ == "__main__":
     main()

@@ -65,13 +65,18 @@ async def apply_topics(settings: KairosSettings, bootstrap: str) -> list[TopicRe
         await admin.close()
 
 
-async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 15) -> None:
-    """Wait until every new topic has all its partitions with a leader in the metadata."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], wait: float = 15) -> None:
+    """Wait (at most ``wait`` seconds) until every new topic has all its partitions with a
+    leader in the metadata."""
+    deadline = asyncio.get_running_loop().time() + wait
     while asyncio.get_running_loop().time() < deadline:
         described = await admin.describe_topics(names)
-        if all(d["error_code"] == 0 and d["partitions"]
-               and all(p["leader"] >= 0 for p in d["partitions"]) for d in described):
+        if all(
+            d["error_code"] == 0
+            and d["partitions"]
+            and all(p["leader"] >= 0 for p in d["partitions"])
+            for d in described
+        ):
             return
         await asyncio.sleep(0.1)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -13,6 +15,14 @@ from kairos.settings import KairosSettings
 from services.ingest.http import KafkaPublisher, create_app
 
 log = get_logger("kairos.ingest")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service's stop event decides."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
@@ -28,8 +38,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         access_log=False,
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _Server(config)
     await producer.start()
     publisher.started = True
     serve = asyncio.create_task(server.serve())

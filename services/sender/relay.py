@@ -89,10 +89,8 @@ class RelayPool:
                 return RelayReply(421, f"relay unavailable: {exc}", "4.4.1")
             finally:
                 if client is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # closing a broken connection
                         client.close()
-                    except Exception:
-                        pass
 
     async def close(self) -> None:
         while not self._idle.empty():

@@ -69,7 +69,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
 
     async def deliver(record: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            d = decode_as(record.value, Dispatch)
+            d: Dispatch = decode_as(record.value, Dispatch)
         except DecodeError as exc:
             log.error("poison dispatch event skipped", offset=record.offset, error=str(exc)[:200])
             return

@@ -37,7 +37,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         futures = []
         for record in records:
             try:
-                due = decode_as(record.value, Due)
+                due: Due = decode_as(record.value, Due)
             except DecodeError as exc:
                 log.error("poison due event skipped", offset=record.offset, error=str(exc)[:200])
                 continue

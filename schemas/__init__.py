@@ -6,9 +6,9 @@ This package imports no Kafka client, so an analytics team can depend on it alon
 from schemas.codec import decode, decode_as, encode
 from schemas.events import (
     BatchCommand,
-    CommandRejected,
     Cancelled,
     CancelRequested,
+    CommandRejected,
     Deferred,
     Delivered,
     Dispatch,
@@ -26,11 +26,11 @@ from schemas.events import (
 from schemas.registry import TOPICS, TopicSpec, topic_spec
 
 __all__ = [
-    "BatchCommand",
-    "CommandRejected",
     "TOPICS",
+    "BatchCommand",
     "CancelRequested",
     "Cancelled",
+    "CommandRejected",
     "Deferred",
     "Delivered",
     "Dispatch",

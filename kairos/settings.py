@@ -63,6 +63,28 @@ class KairosSettings(BaseSettings):
     relay_starttls: bool = Field(default=False, description="Use STARTTLS with the relay.")
     relay_tls: bool = Field(default=False, description="Use implicit TLS with the relay.")
     relay_timeout: float = Field(default=30.0, gt=0, description="Seconds for each SMTP step.")
+    relay_verify_tls: bool = Field(default=True, description="Verify the relay's certificate.")
+    relay_pool_size: int = Field(
+        default=8, ge=1, description="Connections (and concurrent deliveries) per sender."
+    )
+    retry_base: float = Field(
+        default=60.0, gt=0, description="Seconds before the first retry; doubles each attempt."
+    )
+    retry_cap: float = Field(default=3600.0, gt=0, description="Longest wait between attempts.")
+    retry_max_attempts: int = Field(default=8, ge=1, description="Attempts before giving up.")
+    retry_max_age: float = Field(
+        default=72 * 3600.0, gt=0, description="Seconds after the due second to stop retrying."
+    )
+    dedupe_lookback: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds of outcomes a sender re-reads on start-up to skip messages it "
+        "already handled (a redelivered dispatch is not sent twice).",
+    )
+    dkim_key_dir: Path | None = Field(
+        default=None, description="Folder of DKIM private keys, one <domain>.pem per domain."
+    )
+    dkim_selector: str = Field(default="kairos", description="DKIM selector.")
 
     # -- dev sink ----------------------------------------------------------------------------
     sink_host: str = Field(default="127.0.0.1", description="Dev SMTP sink bind address.")

@@ -193,8 +193,19 @@ class _Outcome(MessageEvent):
     recipients: list[str] = Field(default_factory=list, description="Envelope recipients.")
 
 
+class RecipientRefusal(BaseModel):
+    """A recipient the relay refused while accepting the message for others."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str
+    smtp_code: int
+    enhanced_status: str | None = None
+    text: str = ""
+
+
 class Delivered(_Outcome):
-    """The relay accepted the message."""
+    """The relay accepted the message (for every recipient not listed in ``refused``)."""
 
     type: Literal["delivered"] = "delivered"
     schema_version: Literal[1] = 1
@@ -202,6 +213,9 @@ class Delivered(_Outcome):
     lateness_ms: int = Field(ge=0, description="delivered_at minus the due second, in ms.")
     smtp_code: int = Field(description="The relay's reply code to DATA (250).")
     smtp_text: str = Field(description="The relay's reply text.")
+    refused: list[RecipientRefusal] = Field(
+        default_factory=list, description="Recipients the relay refused (the others got it)."
+    )
 
 
 class Deferred(_Outcome):

@@ -13,47 +13,66 @@ from kairos.settings import KairosSettings
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """One recipient the relay refused."""
+
+    address: str
+    code: int
+    enhanced: str | None
+    text: str
+
+
+@dataclass(frozen=True)
 class RelayReply:
-    """The relay's answer to one message: a code, the enhanced status if any, and text."""
+    """The relay's answer to one message: a code, the enhanced status if any, text, and the
+    recipients it refused (when it accepted the message for the others, ``code`` is 250)."""
 
     code: int
     text: str
     enhanced: str | None = None
-
-    @property
-    def permanent(self) -> bool:
-        return 500 <= self.code < 600
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 300
+    refused: tuple[Refusal, ...] = ()
 
 
-def _split_enhanced(text: str) -> tuple[str | None, str]:
-    head, _, rest = text.partition(" ")
+def split_enhanced(text: str) -> tuple[str | None, str]:
+    """``("5.1.1", "User unknown")`` from ``"5.1.1 User unknown"``; ``(None, text)`` if none."""
+    head, _, rest = text.strip().partition(" ")
     parts = head.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in "245":
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and parts[0] in ("2", "4", "5"):
         return head, rest
-    return None, text
+    return None, text.strip()
+
+
+def _refusal(address: str, code: int, message: str) -> Refusal:
+    enhanced, text = split_enhanced(message)
+    return Refusal(address, code, enhanced, text)
+
+
+def reply_for_all_refused(refused: tuple[Refusal, ...]) -> RelayReply:
+    """Every recipient refused: a transient refusal wins (another attempt may succeed)."""
+    transient = [r for r in refused if 400 <= r.code < 500]
+    first = transient[0] if transient else refused[0]
+    return RelayReply(first.code, first.text, first.enhanced, refused)
 
 
 class RelayPool:
     """At most ``size`` open connections to the relay; each send borrows one."""
 
-    def __init__(self, settings: KairosSettings, size: int = 8) -> None:
+    def __init__(self, settings: KairosSettings) -> None:
         self.settings = settings
         self._idle: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(size)
+        self._slots = asyncio.Semaphore(settings.relay_pool_size)
 
     async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
+        tls = s.relay_tls or s.relay_starttls
         client = aiosmtplib.SMTP(
             hostname=s.relay_host,
             port=s.relay_port,
             timeout=s.relay_timeout,
             use_tls=s.relay_tls,
             start_tls=s.relay_starttls,
-            tls_context=ssl.create_default_context() if (s.relay_tls or s.relay_starttls) else None,
+            validate_certs=s.relay_verify_tls,
+            tls_context=ssl.create_default_context() if tls and s.relay_verify_tls else None,
         )
         await client.connect()
         if s.relay_username and s.relay_password:
@@ -66,24 +85,22 @@ class RelayPool:
         async with self._slots:
             client: aiosmtplib.SMTP | None = None
             try:
-                client = self._idle.get_nowait() if not self._idle.empty() else None
+                client = None if self._idle.empty() else self._idle.get_nowait()
                 if client is None or not client.is_connected:
                     client = await self._connect()
+                else:
+                    await client.rset()
                 errors, text = await client.sendmail(mail_from, rcpt_to, data)
                 self._idle.put_nowait(client)
                 client = None
-                if errors and len(errors) == len(rcpt_to):
-                    code, msg = next(iter(errors.values()))
-                    enhanced, rest = _split_enhanced(msg)
-                    return RelayReply(code, rest, enhanced)
-                enhanced, rest = _split_enhanced(text)
-                return RelayReply(250, rest, enhanced)
+                refused = tuple(_refusal(a, r.code, r.message) for a, r in errors.items())
+                enhanced, rest = split_enhanced(text)
+                return RelayReply(250, rest, enhanced, refused)
             except aiosmtplib.SMTPRecipientsRefused as exc:
-                first = exc.recipients[0]
-                enhanced, rest = _split_enhanced(first.message)
-                return RelayReply(first.code, rest, enhanced)
+                refused = tuple(_refusal(r.recipient, r.code, r.message) for r in exc.recipients)
+                return reply_for_all_refused(refused)
             except aiosmtplib.SMTPResponseException as exc:
-                enhanced, rest = _split_enhanced(exc.message)
+                enhanced, rest = split_enhanced(exc.message)
                 return RelayReply(exc.code, rest, enhanced)
             except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
                 return RelayReply(421, f"relay unavailable: {exc}", "4.4.1")

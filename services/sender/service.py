@@ -1,70 +1,114 @@
 """The sender service: consumes dispatch events, relays each message over SMTP and publishes
-its outcome on ``kairos.outcomes``."""
+its outcome on ``kairos.outcomes``; a transient failure re-enters the timer as the next attempt.
+
+A dispatch event redelivered after a crash is not sent again: at start-up the sender re-reads
+the recent outcomes (``dedupe_lookback``) and skips any (message id, attempt) that already has
+one. A crash between the relay's 250 and the outcome's acknowledgement can still repeat a
+delivery; that window is as small as one SMTP round trip.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 
-from aiokafka import ConsumerRecord
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka.structs import TopicPartition
 
-from kairos.clock import Clock, to_datetime
+from kairos.clock import Clock
 from kairos.kafka.clients import make_consumer, make_producer
 from kairos.logging import get_logger
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
-from schemas.events import Delivered, Dispatch, Failed
-from services.sender.message import prepare
-from services.sender.relay import RelayPool, RelayReply
+from schemas.events import Dispatch
+from services.sender.message import DkimKeys, prepare
+from services.sender.outcome import result_of
+from services.sender.policy import RetryPolicy
+from services.sender.relay import RelayPool
 
 log = get_logger("kairos.sender")
 
+#: outcome types that mean the sender already handled an attempt
+HANDLED = {b"delivered", b"deferred", b"failed"}
 
-def outcome_of(d: Dispatch, reply: RelayReply, now: float) -> Delivered | Failed:
-    """The outcome event of relaying ``d`` with ``reply`` at ``now``."""
-    common = {
-        "occurred_at": to_datetime(now),
-        "account_id": d.account_id,
-        "message_id": d.message_id,
-        "attempt": d.attempt,
-        "due_at": d.due_at,
-        "batch_id": d.batch_id,
-        "recipients": d.content.rcpt_to,
-    }
-    if reply.ok:
-        return Delivered(
-            **common,
-            delivered_at=to_datetime(now),
-            lateness_ms=max(0, round((now - d.due_at) * 1000)),
-            smtp_code=reply.code,
-            smtp_text=reply.text,
-        )
-    return Failed(
-        **common,
-        stage="delivery",
-        reason="smtp_permanent" if reply.permanent else "smtp_transient",
-        smtp_code=reply.code,
-        enhanced_status=reply.enhanced,
-        text=reply.text,
-    )
+
+async def handled_attempts(bootstrap: str, topic: str, since: float) -> set[tuple[str, int]]:
+    """(message id, attempt) of every delivery outcome on ``topic`` since unix time ``since``,
+    read up to the end offsets at the time of the call."""
+    consumer: AIOKafkaConsumer = make_consumer(bootstrap, None)
+    await consumer.start()
+    # let aiokafka's group-less coordinator task start: stopping a consumer whose task was
+    # cancelled before it ever ran raises CancelledError from stop()
+    await asyncio.sleep(0)
+    seen: set[tuple[str, int]] = set()
+    try:
+        # a group-less consumer has no metadata for a topic it is not subscribed to yet
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return seen
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.offsets_for_times({tp: int(since * 1000) for tp in tps})
+        for tp in tps:
+            found = starts.get(tp)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for r in records:
+                    d = orjson.loads(r.value)
+                    if d.get("type", "").encode() in HANDLED and d.get("stage") != "validation":
+                        seen.add((d["message_id"], d["attempt"]))
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return seen
 
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Run the sender until ``stop`` is set."""
     dispatch_topic = settings.topic("dispatch")
     outcomes_topic = settings.topic("outcomes")
+    schedule_topic = settings.topic("schedule")
+    policy = RetryPolicy(
+        settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
+    )
+    dkim_keys = DkimKeys(settings.dkim_key_dir, settings.dkim_selector)
     producer = make_producer(bootstrap)
-    consumer = make_consumer(bootstrap, settings.group("sender"), dispatch_topic)
+    consumer = make_consumer(bootstrap, settings.group("sender"))
     pool = RelayPool(settings)
     started = False
     health = HealthServer("0.0.0.0", settings.health_port or 8083, lambda: started)
     await health.start()
     await producer.start()
+    handled: set[tuple[str, int]] = set()
+
+    reload = asyncio.Event()
+
+    class Reload(ConsumerRebalanceListener):  # type: ignore[misc]
+        """Partitions (re)assigned, perhaps taken over from another sender: re-read what was
+        already handled before delivering their next batch (done in the main task, not here:
+        a listener runs inside the group coordinator)."""
+
+        async def on_partitions_revoked(self, revoked: object) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: object) -> None:
+            reload.set()
+
     await consumer.start()
+    consumer.subscribe([dispatch_topic], listener=Reload())
     started = True
     log.info(
-        "sender started", topic=dispatch_topic, relay=f"{settings.relay_host}:{settings.relay_port}"
+        "sender started",
+        topic=dispatch_topic,
+        relay=f"{settings.relay_host}:{settings.relay_port}",
     )
 
     async def deliver(record: ConsumerRecord[bytes, bytes]) -> None:
@@ -73,13 +117,34 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         except DecodeError as exc:
             log.error("poison dispatch event skipped", offset=record.offset, error=str(exc)[:200])
             return
-        data = prepare(d.content.raw(), clock.now(), d.content.from_domain)
+        if (d.message_id, d.attempt) in handled:
+            log.info("already handled, not sent again", message_id=d.message_id, attempt=d.attempt)
+            return
+        data = dkim_keys.sign(
+            prepare(d.content.raw(), clock.now(), d.content.from_domain), d.content.from_domain
+        )
         reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
-        outcome = outcome_of(d, reply, clock.now())
-        await producer.send_and_wait(outcomes_topic, encode(outcome), key=record.key)
-        log.info(outcome.type, message_id=d.message_id, code=reply.code)
+        result = result_of(d, reply, clock.now(), policy)
+        futures = [await producer.send(outcomes_topic, encode(result.outcome), key=record.key)]
+        if result.retry is not None:
+            futures.append(
+                await producer.send(schedule_topic, encode(result.retry), key=record.key)
+            )
+        await asyncio.gather(*futures)
+        handled.add((d.message_id, d.attempt))
+        log.info(
+            result.outcome.type,
+            message_id=d.message_id,
+            attempt=d.attempt,
+            code=reply.code,
+            hard_bounces=len(result.hard_bounces),
+        )
 
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        if reload.is_set():
+            reload.clear()
+            since = clock.now() - settings.dedupe_lookback
+            handled.update(await handled_attempts(bootstrap, outcomes_topic, since))
         await asyncio.gather(*(deliver(r) for r in records))
 
     try:

@@ -1,0 +1,199 @@
+"""The sender against a real, scripted SMTP relay (aiosmtpd), behind the real timer and
+validator: retries through the timer, permanent failures, and a kill -9 mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiosmtpd.controller import Controller
+
+from kairos.kafka.clients import make_producer
+from schemas.codec import decode, encode
+from schemas.events import MessageContent, Scheduled
+from tests.integration.conftest import Stack, Watcher
+
+pytestmark = pytest.mark.kafka
+
+
+class ScriptedRelay:
+    """An SMTP server whose answer depends on the recipient's local part:
+    ``ok*`` 250; ``busy*`` 450 4.2.1 the first time, 250 after; ``gone*`` 550 5.1.1."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.seen: collections.Counter[str] = collections.Counter()
+        self.delivered: list[tuple[float, list[str], str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(
+        self,
+        server: Any,
+        session: Any,
+        envelope: Any,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        local = address.split("@")[0]
+        with self.lock:
+            self.seen[address] += 1
+            first = self.seen[address] == 1
+        if local.startswith("gone"):
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        if local.startswith("busy") and first:
+            return "450 4.2.1 Mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        mid = ""
+        for line in envelope.original_content.split(b"\r\n"):
+            if line.lower().startswith(b"message-id:"):
+                mid = line.split(b":", 1)[1].strip().decode()
+        with self.lock:
+            self.delivered.append((time.time(), list(envelope.rcpt_tos), mid))
+        return "250 2.0.0 Ok: queued"
+
+
+@pytest.fixture
+def relay(stack: Stack) -> Iterator[ScriptedRelay]:
+    script = ScriptedRelay()
+    controller = Controller(script, hostname="127.0.0.1", port=stack.settings.relay_port)
+    controller.start()
+    try:
+        yield script
+    finally:
+        controller.stop()
+
+
+def message(mid: str, rcpt: str, due: int) -> Scheduled:
+    now = datetime.now(UTC)
+    mime = f"From: a@x.test\r\nTo: {rcpt}\r\nSubject: t\r\nMessage-ID: <{mid}@x.test>\r\n\r\nhi\r\n"
+    return Scheduled(
+        occurred_at=now,
+        account_id="acc",
+        message_id=mid,
+        due_at=due,
+        submitted_at=now,
+        source="http",
+        content=MessageContent(
+            mail_from="a@x.test", rcpt_to=[rcpt], from_domain="x.test", mime=mime, size=len(mime)
+        ),
+    )
+
+
+async def schedule(stack: Stack, *events: Scheduled) -> None:
+    producer = make_producer(stack.settings.kafka_bootstrap or "", linger_ms=10)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                stack.settings.topic("schedule"), encode(e), key=e.message_id.encode()
+            )
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def by_message(records: list[tuple[float, bytes]]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = collections.defaultdict(list)
+    for _, raw in records:
+        event = decode(raw, "outcomes")
+        out[event.message_id].append(event)
+    return out
+
+
+TERMINAL = {"delivered", "failed", "cancelled"}
+
+
+async def test_450_then_250_delivers_once_after_two_attempts_and_550_fails(
+    stack: Stack, relay: ScriptedRelay
+) -> None:
+    stack.env["KAIROS_RETRY_BASE"] = "1"
+    stack.start("timer", "validator", "sender")
+    async with Watcher(stack.settings.kafka_bootstrap or "", stack.settings.topic("outcomes")) as w:
+        now = math.floor(time.time())
+        await schedule(
+            stack,
+            message("m-ok", "ok@y.test", now + 2),
+            message("m-busy", "busy@y.test", now + 2),
+            message("m-gone", "gone@y.test", now + 2),
+        )
+        await w.wait_for(
+            lambda r: (
+                {k for k, v in by_message(r).items() if any(e.type in TERMINAL for e in v)}
+                >= {"m-ok", "m-busy", "m-gone"}
+            ),
+            timeout=60,
+            what="three terminal outcomes",
+        )
+        outcomes = by_message(w.records)
+        busy = [(e.type, e.attempt) for e in outcomes["m-busy"]]
+        assert busy == [("deferred", 1), ("delivered", 2)]
+        assert [(e.type, e.attempt) for e in outcomes["m-ok"]] == [("delivered", 1)]
+        gone = outcomes["m-gone"]
+        assert [(e.type, e.reason, e.smtp_code, e.enhanced_status) for e in gone] == [
+            ("failed", "smtp_permanent", 550, "5.1.1")
+        ]
+        deliveries = collections.Counter(mid for _, _, mid in relay.delivered)
+        assert deliveries == {"<m-ok@x.test>": 1, "<m-busy@x.test>": 1}
+        retried = outcomes["m-busy"][1]
+        assert retried.delivered_at.timestamp() >= outcomes["m-busy"][0].retry_at
+
+
+async def test_kill_9_of_the_sender_mid_batch(stack: Stack) -> None:
+    script = ScriptedRelay(delay=0.02)
+    controller = Controller(script, hostname="127.0.0.1", port=stack.settings.relay_port)
+    controller.start()
+    try:
+        stack.env["KAIROS_RELAY_POOL_SIZE"] = "2"
+        stack.start("timer", "validator", "sender")
+        n = 300
+        ids = [f"k{i}" for i in range(n)]
+        async with Watcher(
+            stack.settings.kafka_bootstrap or "", stack.settings.topic("outcomes")
+        ) as w:
+            await schedule(
+                stack,
+                *(message(m, f"ok{i}@y.test", math.floor(time.time())) for i, m in enumerate(ids)),
+            )
+            deadline = time.monotonic() + 60
+            while len(script.delivered) < 40 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            stack.stop("sender", signal.SIGKILL)
+            at_kill = len(script.delivered)
+            stack.start("sender")
+            await w.wait_for(
+                lambda r: len({orjson.loads(v)["message_id"] for _, v in r}) >= n,
+                timeout=120,
+                what="an outcome for every message",
+            )
+            await asyncio.sleep(3)
+            outcomes = by_message(w.records)
+            terminal = {m: [e for e in outcomes[m] if e.type in TERMINAL] for m in ids}
+            assert all(len(v) == 1 for v in terminal.values()), {
+                m: len(v) for m, v in terminal.items() if len(v) != 1
+            }
+            deliveries = collections.Counter(mid for _, _, mid in script.delivered)
+            duplicates = sum(c - 1 for c in deliveries.values())
+            print(
+                f"\nsender kill -9 after {at_kill}/{n} relayed: {len(deliveries)} delivered, "
+                f"{duplicates} duplicate deliveries, every message has exactly one terminal "
+                f"outcome"
+            )
+            assert len(deliveries) == n
+    finally:
+        controller.stop()

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test unit lint format bench bench-quick clean kafka-start kafka-stop schemas
+.PHONY: system-deps install run test unit lint format bench bench-quick clean kafka-start kafka-stop schemas
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed (set PYTHON=python3.11)")'
@@ -19,6 +19,10 @@ install: $(STAMP)
 ## run: the whole pipeline on the embedded default (local broker, dev SMTP sink); Ctrl-C stops it
 run: install
 	$(BIN)/kairos up
+
+## system-deps: Debian packages the integration tests drive (Postfix, ...), when missing and root
+system-deps:
+	@bash scripts/system-deps.sh
 
 ## test: the full suite (unit + integration on a real broker this target starts and stops)
 test: install

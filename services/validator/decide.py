@@ -86,7 +86,8 @@ def decide(due: Due, ref: ReferenceLookup) -> Approved | Rejected:
                 PLAN_INSUFFICIENT,
                 f"scheduled {horizon}s ahead; the plan allows {facts.max_horizon_seconds}s",
             )
-    keep, dropped = [], []
+    keep: list[str] = []
+    dropped: list[str] = []
     for address in due.content.rcpt_to:
         (dropped if ref.suppression_reason(due.account_id, address) else keep).append(address)
     if not keep:

@@ -36,7 +36,7 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -4,9 +4,12 @@ dicts in unit tests). No I/O and no clock: every call takes ``now``.
 Layout (all keys bytes, values orjson):
 
 * ``pending``: message id -> :class:`Entry` (the schedule, its due second and status).
-* ``index``: ``p{partition}:{second}`` -> slot count for that due second;
-  ``p{partition}:{second}:{slot}`` -> message id. One key per message, so a second holding
-  100,000 messages is 100,000 small writes, never one giant value rewritten.
+* ``index``: the ids due in each second as a chunked, append-only list:
+  ``p{partition}:{second}`` -> ``[closed chunks, [ids of the open chunk]]`` and
+  ``p{partition}:{second}:{i}`` -> the ``i``-th closed chunk of 64 ids. Adding a message is one
+  read and (mostly) one write, and a second holding 100,000 messages is ~1,600 small values,
+  never one giant value rewritten. Batch members are kept the same way
+  (``p{partition}:bm:{batch}``), batch states as ``p{partition}:batch:{batch}``.
   ``p{partition}:cursor`` -> the :class:`Cursor` (next second and slot still to walk).
 
 Dispatch walks the index forward from the cursor to the tick's ``now`` and returns what is due;
@@ -35,6 +38,9 @@ Store = MutableMapping[bytes, bytes]
 PAUSE_EXPIRY_SECONDS = 72 * 3600
 
 Status = Literal["scheduled", "paused"]
+
+#: Ids per chunk of a due second's list (and of a batch's member list).
+CHUNK = 64
 
 
 @dataclass
@@ -145,14 +151,36 @@ class TimerState:
 
     # -- index ---------------------------------------------------------------------------
 
-    def _count(self, second: int) -> int:
-        raw = self.index.get(_k(f"p{self.partition}", second))
-        return int(raw) if raw is not None else 0
+    def _append(self, ns: bytes, item: str) -> None:
+        """Append to the chunked list ``ns``: one read and (mostly) one write."""
+        raw = self.index.get(ns)
+        closed, open_ = orjson.loads(raw) if raw is not None else (0, [])
+        open_.append(item)
+        if len(open_) >= CHUNK:
+            self.index[ns + b":" + str(closed).encode()] = orjson.dumps(open_)
+            self.index[ns] = orjson.dumps([closed + 1, []])
+        else:
+            self.index[ns] = orjson.dumps([closed, open_])
+
+    def _read(self, ns: bytes, start: int = 0) -> tuple[list[str], list[bytes]]:
+        """The items of list ``ns`` from position ``start`` on, and every key the list uses."""
+        raw = self.index.get(ns)
+        if raw is None:
+            return [], []
+        closed, open_ = orjson.loads(raw)
+        first = min(start // CHUNK, closed)
+        items: list[str] = []
+        for i in range(first, closed):
+            items.extend(orjson.loads(self.index[ns + b":" + str(i).encode()]))
+        items.extend(open_)
+        keys = [ns, *(ns + b":" + str(i).encode() for i in range(closed))]
+        return items[start - first * CHUNK :], keys
+
+    def _second(self, second: int) -> bytes:
+        return _k(f"p{self.partition}", second)
 
     def _add_slot(self, second: int, message_id: str) -> None:
-        n = self._count(second)
-        self.index[_k(f"p{self.partition}", second, n)] = message_id.encode()
-        self.index[_k(f"p{self.partition}", second)] = str(n + 1).encode()
+        self._append(self._second(second), message_id)
 
     def _place(self, message_id: str, entry: Entry, at: int, now: float) -> tuple[Fire, ...]:
         """Index ``message_id`` at second ``at``, or fire it at once if the walk is past it."""
@@ -217,19 +245,14 @@ class TimerState:
         return raw.decode() if raw is not None else "active"
 
     def _members(self, batch_id: str) -> Iterator[tuple[str, Entry]]:
-        raw = self.index.get(_k(f"p{self.partition}", "bm", batch_id))
-        for i in range(int(raw) if raw is not None else 0):
-            mid = self.index.get(_k(f"p{self.partition}", "bm", batch_id, i))
-            entry = self._get(mid.decode()) if mid is not None else None
-            if mid is not None and entry is not None and entry.batch_id == batch_id:
-                yield mid.decode(), entry
+        ids, _keys = self._read(_k(f"p{self.partition}", "bm", batch_id))
+        for mid in dict.fromkeys(ids):
+            entry = self._get(mid)
+            if entry is not None and entry.batch_id == batch_id:
+                yield mid, entry
 
     def _add_member(self, batch_id: str, message_id: str) -> None:
-        count_key = _k(f"p{self.partition}", "bm", batch_id)
-        raw = self.index.get(count_key)
-        n = int(raw) if raw is not None else 0
-        self.index[_k(f"p{self.partition}", "bm", batch_id, n)] = message_id.encode()
-        self.index[count_key] = str(n + 1).encode()
+        self._append(_k(f"p{self.partition}", "bm", batch_id), message_id)
 
     def _paused(self, entry: Entry) -> bool:
         return entry.status == "paused" or self.batch_status(entry.batch_id) == "paused"
@@ -327,19 +350,13 @@ class TimerState:
         second, slot = cur.second, cur.slot
         seen: set[str] = set()
         while second <= target:
-            n = self._count(second)
-            while slot < n:
+            ids, keys = self._read(self._second(second), slot)
+            for message_id in ids:
                 if len(out.fires) >= limit:
                     out.cursor = Cursor(second, slot)
                     out.complete = False
                     return out
-                key = _k(f"p{self.partition}", second, slot)
-                raw_id = self.index.get(key)
-                out.freed.append(key)
                 slot += 1
-                if raw_id is None:
-                    continue
-                message_id = raw_id.decode()
                 entry = self._get(message_id)
                 if entry is None or message_id in seen:
                     continue  # cancelled, already fired, or a stale second slot
@@ -354,8 +371,7 @@ class TimerState:
                     out.fires.append(Fire(message_id, entry, "expired", now - entry.due))
                 elif paused and entry.due == second:
                     out.paused.append((message_id, entry))
-            if n:
-                out.freed.append(_k(f"p{self.partition}", second))
+            out.freed.extend(keys)
             second, slot = second + 1, 0
         out.cursor = Cursor(second, 0)
         return out

@@ -15,6 +15,7 @@ import click
 from kairos.clock import SystemClock
 from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
+from kairos.refdata.cli import admin
 from kairos.settings import KairosSettings
 
 SERVICES = ("ingest", "timer", "validator", "sender")
@@ -111,6 +112,54 @@ def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "kairos.cli", "run", service], env=env)
 
 
+DEMO_DOMAIN = "demo.kairos.test"
+
+
+def _seed_demo(settings: KairosSettings, procs: dict[str, subprocess.Popen[bytes]]) -> Any:
+    """The demo account (created on first start, remembered in <state_dir>/demo.json)."""
+    import json
+
+    import httpx
+
+    from kairos.refdata.token import admin_token
+
+    http = f"http://{settings.http_host}:{settings.http_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if procs["ingest"].poll() is not None:
+            raise click.ClickException("ingest exited during start-up")
+        try:
+            if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    path = settings.state_dir / "demo.json"
+    if path.exists():
+        demo = json.loads(path.read_text())
+        r = httpx.get(f"{http}/admin/accounts/{demo['account_id']}", headers=headers, timeout=30)
+        if r.status_code == 200:
+            return demo
+    r = httpx.post(
+        f"{http}/admin/accounts",
+        headers=headers,
+        timeout=30,
+        json={
+            "name": f"demo-{int(time.time())}",
+            "plan": "pro",
+            "domain": DEMO_DOMAIN,
+            "verified": True,
+        },
+    )
+    r.raise_for_status()
+    demo = {"account_id": r.json()["account_id"], "api_key": r.json()["api_key"]}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(demo, f)
+    return demo
+
+
 @main.command()
 def up() -> None:
     """Run the whole pipeline on the embedded default: the local broker (unless
@@ -137,16 +186,27 @@ def up() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    click.echo(
-        f"\nKairos is up: HTTP http://{settings.http_host}:{settings.http_port}  "
-        f"(Kafka {bootstrap}, outbox {settings.outbox_dir}). Ctrl-C stops everything.\n"
-        f"Try:\n  curl -s -X POST http://{settings.http_host}:{settings.http_port}/email "
-        '-H \'Content-Type: application/json\' \\\n    -d \'{"from": "hello@example.com", '
-        '"to": "user@example.org", "subject": "Hi", "text": "Hello", '
-        f'"scheduledAt": {int(time.time()) + 10}}}\'\n'
-    )
     code = 0
     try:
+        demo = _seed_demo(settings, procs)
+        http = f"http://{settings.http_host}:{settings.http_port}"
+        click.echo(
+            f"\nKairos is up: HTTP {http}  (Kafka {bootstrap}, outbox {settings.outbox_dir}). "
+            "Ctrl-C stops everything.\n"
+            f"Demo account {demo['account_id']}, sending domain {DEMO_DOMAIN} (verified).\n\n"
+            f"  export KAIROS_API_KEY={demo['api_key']}\n\n"
+            "Schedule a message 10 seconds ahead (it lands in the outbox as an .eml file):\n"
+            f'  curl -s -X POST {http}/email -H "Authorization: Bearer $KAIROS_API_KEY" \\\n'
+            "    -H 'Content-Type: application/json' \\\n"
+            f'    -d \'{{"from": "Demo <hello@{DEMO_DOMAIN}>", "to": "user@example.org", '
+            '"subject": "Hi", "text": "Hello", '
+            "\"scheduledAt\": '$(($(date +%s)+10))'}'\n\n"
+            "Over SMTP (submission on 127.0.0.1:2525, once the SMTP server is enabled):\n"
+            f"  swaks --server 127.0.0.1:2525 --auth PLAIN --auth-user demo "
+            f'--auth-password "$KAIROS_API_KEY" \\\n'
+            f"    --from hello@{DEMO_DOMAIN} --to user@example.org "
+            '--add-header "X-Scheduled-At: $(($(date +%s)+10))"\n'
+        )
         while not stopping:
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
             if dead:
@@ -171,6 +231,7 @@ def up() -> None:
 
 
 main.add_command(kafka)
+main.add_command(admin)
 
 if __name__ == "__main__":
     main()

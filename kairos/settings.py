@@ -55,6 +55,16 @@ class KairosSettings(BaseSettings):
         "sender 8083 when unset).",
     )
 
+    # -- admin -------------------------------------------------------------------------------
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Token of the admin API. Unset: one is generated into "
+        "<state_dir>/admin-token on first start (the embedded default).",
+    )
+    admin_url: str = Field(
+        default="http://127.0.0.1:8080", description="Where `kairos admin` finds the admin API."
+    )
+
     # -- delivery ----------------------------------------------------------------------------
     relay_host: str = Field(default="127.0.0.1", description="SMTP relay the sender delivers to.")
     relay_port: int = Field(default=1025, description="SMTP relay port.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.events import Dispatch, Due, Outcome, ScheduleStreamEvent
+from schemas.reference import AccountState, ApiKeyState, DomainState, SuppressionState
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -98,6 +99,50 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=30 * DAY_MS,
         producers=("timer", "validator", "sender"),
         consumers=("analytics",),
+    ),
+    TopicSpec(
+        name="accounts",
+        description="Accounts and their plans: the latest state per account (compacted).",
+        key="account_id",
+        value=AccountState,
+        partitions=1,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("ingest",),
+        consumers=("ingest", "validator"),
+    ),
+    TopicSpec(
+        name="api-keys",
+        description="API keys by SHA-256 (never in clear): account, active or revoked.",
+        key="sha256 of the key (hex)",
+        value=ApiKeyState,
+        partitions=1,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("ingest",),
+        consumers=("ingest",),
+    ),
+    TopicSpec(
+        name="domains",
+        description="Sending domains per account, verified or not.",
+        key="account_id/domain",
+        value=DomainState,
+        partitions=1,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("ingest",),
+        consumers=("ingest", "validator"),
+    ),
+    TopicSpec(
+        name="suppressions",
+        description="Suppressed addresses per account with a reason; removal is a tombstone.",
+        key="account_id/address",
+        value=SuppressionState,
+        partitions=1,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("ingest", "sender"),
+        consumers=("ingest", "validator"),
     ),
     TopicSpec(
         name="timer-pending-changelog",

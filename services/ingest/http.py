@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -15,9 +15,12 @@ from pydantic import BaseModel, ValidationError
 
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
+from kairos.refdata.admin import install_error_handler
 from schemas.events import Scheduled
+from schemas.reference import AccountState, DomainState, SuppressionState
+from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
-from services.ingest.schedule import ScheduleError, resolve_scheduled_at
+from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, resolve_scheduled_at
 
 log = get_logger("kairos.ingest")
 
@@ -64,8 +67,24 @@ def _error(status: int, code: str, message: str, field: str | None) -> JSONRespo
     return JSONResponse(error_body(code, message, field), status_code=status)
 
 
-def create_app(publisher: Publisher, clock: Clock, account_id: str = "default") -> FastAPI:
-    """The ingest HTTP application."""
+class AccountLookup(Protocol):
+    """The reference view, as the HTTP API uses it."""
+
+    @property
+    def caught_up(self) -> bool: ...
+
+    def authenticate(self, api_key: str) -> AccountState | None: ...
+
+    def domain(self, account_id: str, domain: str) -> DomainState | None: ...
+
+    def suppression(self, account_id: str, address: str) -> SuppressionState | None: ...
+
+
+def create_app(
+    publisher: Publisher, clock: Clock, view: AccountLookup, admin: APIRouter | None = None
+) -> FastAPI:
+    """The ingest HTTP application: the public API (Bearer API key) and, when given, the
+    admin API."""
     app = FastAPI(
         title="Kairos",
         version="1",
@@ -78,9 +97,13 @@ def create_app(publisher: Publisher, clock: Clock, account_id: str = "default") 
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         return _error(400, "INVALID_REQUEST", str(first.get("msg")), ".".join(loc) or None)
 
+    if admin is not None:
+        app.include_router(admin)
+    install_error_handler(app)
+
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
-        ok = publisher.ready()
+        ok = publisher.ready() and view.caught_up
         return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -98,27 +121,39 @@ def create_app(publisher: Publisher, clock: Clock, account_id: str = "default") 
             503: {"model": ErrorResponse, "description": "Not durable yet; retry"},
         },
     )
-    async def send_email(body: dict[str, Any]) -> JSONResponse:
+    async def send_email(
+        body: dict[str, Any], authorization: str | None = Header(default=None)
+    ) -> JSONResponse:
         """Send an email now, or at ``scheduledAt`` (unix seconds or RFC 3339 with offset)."""
         now = clock.now()
+        key = (authorization or "").removeprefix("Bearer ").strip()
+        try:
+            account = check_account(view.authenticate(key) if key else None)
+        except SubmitError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.field)
         try:
             req = EmailRequest.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or None
             return _error(400, "INVALID_REQUEST", first["msg"], field)
+        scheduled = any(body.get(k) is not None for k in ("scheduledAt", "scheduled_at"))
         try:
-            due = resolve_scheduled_at(body, now)
+            horizon = horizon_of(account, scheduled, MAX_HORIZON_SECONDS)
+            due = resolve_scheduled_at(body, now, horizon)
         except ScheduleError as exc:
             return _error(400, exc.code, exc.message, exc.field)
+        except SubmitError as exc:
+            return _error(exc.status, exc.code, exc.message, exc.field)
         message_id = str(uuid.uuid4())
         try:
             content = compose(req, message_id)
+            check_message(account, content, view)
         except SubmitError as exc:
             return _error(exc.status, exc.code, exc.message, exc.field)
         event = Scheduled(
             occurred_at=to_datetime(now),
-            account_id=account_id,
+            account_id=account.account_id,
             message_id=message_id,
             due_at=due if due is not None else int(now),
             submitted_at=to_datetime(now),

@@ -11,6 +11,10 @@ import uvicorn
 from kairos.clock import Clock
 from kairos.kafka.clients import make_producer
 from kairos.logging import get_logger
+from kairos.refdata.admin import admin_router
+from kairos.refdata.token import admin_token
+from kairos.refdata.view import ReferenceView
+from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
 from services.ingest.http import KafkaPublisher, create_app
 
@@ -29,7 +33,11 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     """Serve until ``stop`` is set."""
     producer = make_producer(bootstrap)
     publisher = KafkaPublisher(producer, settings.topic("schedule"))
-    app = create_app(publisher, clock)
+    view = ReferenceView(settings, bootstrap)
+    token = admin_token(settings)
+    assert token is not None
+    admin = admin_router(view, ReferenceWriter(producer, settings, view), token, clock)
+    app = create_app(publisher, clock, view, admin)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -40,6 +48,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     )
     server = _Server(config)
     await producer.start()
+    await view.start()
     publisher.started = True
     serve = asyncio.create_task(server.serve())
     log.info("ingest started", http=f"http://{settings.http_host}:{settings.http_port}")
@@ -50,4 +59,5 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     finally:
         server.should_exit = True
         await serve
+        await view.stop()
         await producer.stop()

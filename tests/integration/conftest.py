@@ -24,6 +24,9 @@ from kairos.settings import KairosSettings
 pytestmark = pytest.mark.kafka
 
 
+ADMIN_TOKEN = "adm_integration-tests"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,6 +42,32 @@ class Stack:
     outbox: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path | None = None
+    #: the API key of the account ``create_account`` made last (the pipeline's default)
+    api_key: str = ""
+    account_id: str = ""
+
+    def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        """Call the admin API of this stack's ingest."""
+        return httpx.request(
+            method,
+            f"{self.http}/admin{path}",  # type: ignore[arg-type]
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+            **kwargs,
+        )
+
+    def create_account(
+        self, name: str, domain: str = "example.com", plan: str = "pro", verified: bool = True
+    ) -> tuple[str, str]:
+        """A new account with a domain; returns (account id, API key)."""
+        r = self.admin(
+            "POST",
+            "/accounts",
+            json={"name": name, "domain": domain, "plan": plan, "verified": verified},
+        )
+        assert r.status_code == 201, r.text
+        self.account_id, self.api_key = r.json()["account_id"], r.json()["api_key"]
+        return self.account_id, self.api_key
 
     @property
     def http(self) -> str:
@@ -143,6 +172,7 @@ def make_stack(bootstrap: str, base: Path) -> Stack:
         "KAIROS_OUTBOX_DIR": str(outbox),
         "KAIROS_TOPIC_PARTITIONS": "2",
         "KAIROS_LOG_LEVEL": "INFO",
+        "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     for service in ("timer", "validator", "sender"):
         env[f"_PORT_{service}"] = str(free_port())
@@ -156,6 +186,7 @@ def make_stack(bootstrap: str, base: Path) -> Stack:
         relay_port=int(sink_port),
         outbox_dir=outbox,
         topic_partitions=2,
+        admin_token=ADMIN_TOKEN,
     )
     asyncio.run(apply_topics(settings, bootstrap))
     return Stack(settings=settings, env=env, outbox=outbox, logs=logs)
@@ -177,6 +208,7 @@ def pipeline(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     s = make_stack(bootstrap, tmp_path_factory.mktemp("pipeline"))
     try:
         s.start("sink", "ingest", "timer", "validator", "sender")
+        s.create_account("pipeline")
         yield s
     finally:
         s.stop_all()
@@ -200,7 +232,11 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
 
 @pytest.fixture
 async def http(pipeline: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=pipeline.http, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=pipeline.http,
+        timeout=30,
+        headers={"Authorization": f"Bearer {pipeline.api_key}"},
+    ) as client:
         yield client
 
 

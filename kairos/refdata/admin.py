@@ -97,10 +97,14 @@ def admin_router(
             raise RefError(404, "ACCOUNT_NOT_FOUND", f"no account {account_id}", "account_id")
         return JSONResponse(_account_json(account, view))
 
-    @router.post("/accounts/{account_id}/{action}")
-    async def account_status(account_id: str, action: Literal["disable", "enable"]) -> JSONResponse:
-        status = "disabled" if action == "disable" else "active"
-        await writer.apply([cmd.set_status(view, account_id, status, now())])
+    @router.post("/accounts/{account_id}/disable")
+    async def disable_account(account_id: str) -> JSONResponse:
+        await writer.apply([cmd.set_status(view, account_id, "disabled", now())])
+        return await get_account(account_id)
+
+    @router.post("/accounts/{account_id}/enable")
+    async def enable_account(account_id: str) -> JSONResponse:
+        await writer.apply([cmd.set_status(view, account_id, "active", now())])
         return await get_account(account_id)
 
     @router.put("/accounts/{account_id}/plan")

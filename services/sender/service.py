@@ -16,13 +16,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
-from kairos.clock import Clock
+from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer, make_producer
 from kairos.logging import get_logger
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Dispatch
+from schemas.reference import SuppressionState, suppression_key
 from services.sender.message import DkimKeys, prepare
 from services.sender.outcome import result_of
 from services.sender.policy import RetryPolicy
@@ -76,6 +77,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     dispatch_topic = settings.topic("dispatch")
     outcomes_topic = settings.topic("outcomes")
     schedule_topic = settings.topic("schedule")
+    suppressions_topic = settings.topic("suppressions")
     policy = RetryPolicy(
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
     )
@@ -126,6 +128,21 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
         result = result_of(d, reply, clock.now(), policy)
         futures = [await producer.send(outcomes_topic, encode(result.outcome), key=record.key)]
+        for address in result.hard_bounces:
+            bounce = SuppressionState(
+                occurred_at=to_datetime(clock.now()),
+                account_id=d.account_id,
+                address=address.lower(),
+                reason="hard_bounce",
+                added_at=to_datetime(clock.now()),
+            )
+            futures.append(
+                await producer.send(
+                    suppressions_topic,
+                    encode(bounce),
+                    key=suppression_key(d.account_id, address).encode(),
+                )
+            )
         if result.retry is not None:
             futures.append(
                 await producer.send(schedule_topic, encode(result.retry), key=record.key)

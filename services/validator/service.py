@@ -1,5 +1,7 @@
-"""The validator service: consumes due events, re-checks them, publishes dispatch events
-(approved) or failed outcomes (rejected)."""
+"""The validator service: consumes due events, re-checks each against the reference data as
+it is now, and publishes a dispatch event (approved) or a ``failed`` outcome (rejected).
+
+It makes no decision before its reference view has caught up with the log."""
 
 from __future__ import annotations
 
@@ -11,26 +13,86 @@ from aiokafka import ConsumerRecord
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer, make_producer
 from kairos.logging import get_logger
+from kairos.refdata.view import ReferenceView
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
-from schemas.events import Dispatch, Due
+from schemas.events import Dispatch, Due, Failed
+from services.validator.decide import AccountFacts, Approved, decide
 
 log = get_logger("kairos.validator")
+
+
+class ViewLookup:
+    """The reference view as the decision function reads it."""
+
+    def __init__(self, view: ReferenceView) -> None:
+        self.view = view
+
+    def account_facts(self, account_id: str) -> AccountFacts | None:
+        account = self.view.account(account_id)
+        if account is None:
+            return None
+        plan = account.plan
+        return AccountFacts(
+            active=account.status == "active",
+            max_recipients=plan.max_recipients,
+            max_message_bytes=plan.max_message_bytes,
+            max_horizon_seconds=plan.max_horizon_seconds,
+            scheduling_allowed=plan.scheduling_allowed,
+        )
+
+    def domain_verified(self, account_id: str, domain: str) -> bool:
+        return self.view.domain_verified(account_id, domain)
+
+    def suppression_reason(self, account_id: str, address: str) -> str | None:
+        return self.view.suppression_reason(account_id, address)
+
+
+def judge(due: Due, lookup: ViewLookup, now: float) -> Dispatch | Failed:
+    """The event that follows ``due``: a dispatch, or a ``failed`` outcome with its reason."""
+    verdict = decide(due, lookup)
+    if isinstance(verdict, Approved):
+        content = due.content
+        if verdict.dropped:
+            content = content.model_copy(update={"rcpt_to": verdict.recipients})
+        return Dispatch(
+            **due.model_dump(
+                exclude={"type", "schema_version", "event_id", "occurred_at", "content"}
+            ),
+            content=content,
+            occurred_at=to_datetime(now),
+            validated_at=to_datetime(now),
+        )
+    return Failed(
+        occurred_at=to_datetime(now),
+        account_id=due.account_id,
+        message_id=due.message_id,
+        attempt=due.attempt,
+        due_at=due.due_at,
+        batch_id=due.batch_id,
+        recipients=due.content.rcpt_to,
+        stage="validation",
+        reason=verdict.reason,
+        text=verdict.text,
+    )
 
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Run the validator until ``stop`` is set."""
     due_topic = settings.topic("due")
     dispatch_topic = settings.topic("dispatch")
+    outcomes_topic = settings.topic("outcomes")
     producer = make_producer(bootstrap)
     consumer = make_consumer(bootstrap, settings.group("validator"), due_topic)
-    started = False
-    health = HealthServer("0.0.0.0", settings.health_port or 8082, lambda: started)
+    view = ReferenceView(settings, bootstrap)
+    lookup = ViewLookup(view)
+    health = HealthServer("0.0.0.0", settings.health_port or 8082, lambda: view.caught_up)
     await health.start()
     await producer.start()
+    await view.start()
+    await view.wait_caught_up(None)
     await consumer.start()
-    started = True
     log.info("validator started", topic=due_topic)
 
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -41,18 +103,17 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             except DecodeError as exc:
                 log.error("poison due event skipped", offset=record.offset, error=str(exc)[:200])
                 continue
-            now = clock.now()
-            approved = Dispatch(
-                **due.model_dump(exclude={"type", "schema_version", "event_id", "occurred_at"}),
-                occurred_at=to_datetime(now),
-                validated_at=to_datetime(now),
-            )
-            futures.append(await producer.send(dispatch_topic, encode(approved), key=record.key))
+            event = judge(due, lookup, clock.now())
+            topic = dispatch_topic if isinstance(event, Dispatch) else outcomes_topic
+            if isinstance(event, Failed):
+                log.info("rejected at send time", message_id=due.message_id, reason=event.reason)
+            futures.append(await producer.send(topic, encode(event), key=record.key))
         await asyncio.gather(*futures)
 
     try:
         await consume(consumer, handle, stop)
     finally:
         await consumer.stop()
+        await view.stop()
         await producer.stop()
         await health.stop()

@@ -49,7 +49,8 @@ def postfix(stack: Stack) -> Iterator[Postfix]:
 
 
 async def test_relay_through_postfix_to_the_sink(stack: Stack, postfix: Postfix) -> None:
-    stack.start("timer", "validator", "sender")
+    stack.start("ingest", "timer", "validator", "sender")
+    account, _ = stack.create_account("senders", domain="x.test")
     due = math.floor(time.time()) + 2
     now = datetime.now(UTC)
     mime = (
@@ -58,7 +59,7 @@ async def test_relay_through_postfix_to_the_sink(stack: Stack, postfix: Postfix)
     )
     event = Scheduled(
         occurred_at=now,
-        account_id="acc",
+        account_id=account,
         message_id="pf-1",
         due_at=due,
         submitted_at=now,

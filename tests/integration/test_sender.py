@@ -77,12 +77,12 @@ def relay(stack: Stack) -> Iterator[ScriptedRelay]:
         controller.stop()
 
 
-def message(mid: str, rcpt: str, due: int) -> Scheduled:
+def message(mid: str, rcpt: str, due: int, account: str) -> Scheduled:
     now = datetime.now(UTC)
     mime = f"From: a@x.test\r\nTo: {rcpt}\r\nSubject: t\r\nMessage-ID: <{mid}@x.test>\r\n\r\nhi\r\n"
     return Scheduled(
         occurred_at=now,
-        account_id="acc",
+        account_id=account,
         message_id=mid,
         due_at=due,
         submitted_at=now,
@@ -123,14 +123,15 @@ async def test_450_then_250_delivers_once_after_two_attempts_and_550_fails(
     stack: Stack, relay: ScriptedRelay
 ) -> None:
     stack.env["KAIROS_RETRY_BASE"] = "1"
-    stack.start("timer", "validator", "sender")
+    stack.start("ingest", "timer", "validator", "sender")
+    account, _ = stack.create_account("senders", domain="x.test")
     async with Watcher(stack.settings.kafka_bootstrap or "", stack.settings.topic("outcomes")) as w:
         now = math.floor(time.time())
         await schedule(
             stack,
-            message("m-ok", "ok@y.test", now + 2),
-            message("m-busy", "busy@y.test", now + 2),
-            message("m-gone", "gone@y.test", now + 2),
+            message("m-ok", "ok@y.test", now + 2, account),
+            message("m-busy", "busy@y.test", now + 2, account),
+            message("m-gone", "gone@y.test", now + 2, account),
         )
         await w.wait_for(
             lambda r: (
@@ -153,6 +154,22 @@ async def test_450_then_250_delivers_once_after_two_attempts_and_550_fails(
         retried = outcomes["m-busy"][1]
         assert retried.delivered_at.timestamp() >= outcomes["m-busy"][0].retry_at
 
+        # the 5.1.1 bounce suppressed the address: a later message to it fails at send time
+        deadline = time.monotonic() + 10
+        suppressed: set[tuple[str, str]] = set()
+        while not suppressed and time.monotonic() < deadline:
+            r = stack.admin("GET", f"/accounts/{account}/suppressions")
+            suppressed = {(x["address"], x["reason"]) for x in r.json()["suppressions"]}
+            await asyncio.sleep(0.1)
+        assert suppressed == {("gone@y.test", "hard_bounce")}
+        await schedule(stack, message("m-gone-2", "gone@y.test", math.floor(time.time()), account))
+        await w.wait_for(lambda r: "m-gone-2" in by_message(r), timeout=30, what="m-gone-2")
+        later = by_message(w.records)["m-gone-2"]
+        assert [(e.type, e.stage, e.reason) for e in later] == [
+            ("failed", "validation", "recipient_suppressed")
+        ]
+        assert relay.seen["gone@y.test"] == 1, "never offered to the relay again"
+
 
 async def test_kill_9_of_the_sender_mid_batch(stack: Stack) -> None:
     script = ScriptedRelay(delay=0.02)
@@ -160,7 +177,8 @@ async def test_kill_9_of_the_sender_mid_batch(stack: Stack) -> None:
     controller.start()
     try:
         stack.env["KAIROS_RELAY_POOL_SIZE"] = "2"
-        stack.start("timer", "validator", "sender")
+        stack.start("ingest", "timer", "validator", "sender")
+        account, _ = stack.create_account("senders", domain="x.test")
         n = 300
         ids = [f"k{i}" for i in range(n)]
         async with Watcher(
@@ -168,7 +186,10 @@ async def test_kill_9_of_the_sender_mid_batch(stack: Stack) -> None:
         ) as w:
             await schedule(
                 stack,
-                *(message(m, f"ok{i}@y.test", math.floor(time.time())) for i, m in enumerate(ids)),
+                *(
+                    message(m, f"ok{i}@y.test", math.floor(time.time()), account)
+                    for i, m in enumerate(ids)
+                ),
             )
             deadline = time.monotonic() + 60
             while len(script.delivered) < 40 and time.monotonic() < deadline:

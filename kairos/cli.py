@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from kairos.clock import SystemClock
+from kairos.deploy import deploy
 from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
 from kairos.refdata.cli import admin
@@ -231,6 +232,7 @@ def up() -> None:
 
 
 main.add_command(kafka)
+main.add_command(deploy)
 main.add_command(admin)
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ set -uo pipefail
 # package:command-that-proves-it-is-installed
 wanted=(
   "postfix:/usr/sbin/postfix"
+  "kubectl:kubectl"
 )
 missing=()
 for item in "${wanted[@]}"; do

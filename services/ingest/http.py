@@ -10,11 +10,12 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
+from kairos.metrics import REJECTED, count
 from kairos.refdata.admin import install_error_handler
 from schemas.events import Scheduled
 from schemas.reference import AccountState, DomainState, SuppressionState
@@ -23,9 +24,6 @@ from services.ingest.compose import EmailRequest, SubmitError, compose, error_bo
 from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, resolve_scheduled_at
 
 log = get_logger("kairos.ingest")
-
-SUBMITTED = Counter("kairos_ingest_scheduled_total", "Messages accepted", ["source", "kind"])
-REJECTED = Counter("kairos_ingest_rejected_total", "Submissions rejected", ["source", "code"])
 
 
 class Publisher(Protocol):
@@ -166,11 +164,11 @@ def create_app(
             log.warning("publish failed", message_id=message_id, error=str(exc))
             return _error(503, "BROKER_UNAVAILABLE", "could not store the message; retry", None)
         if due is None:
-            SUBMITTED.labels("http", "immediate").inc()
+            count("ingest", "scheduled")
             return JSONResponse(
                 {"id": message_id, "response": f"Queued as {message_id}"}, status_code=201
             )
-        SUBMITTED.labels("http", "scheduled").inc()
+        count("ingest", "scheduled")
         return JSONResponse(
             {
                 "id": message_id,

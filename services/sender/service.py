@@ -19,10 +19,11 @@ from aiokafka.structs import TopicPartition
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer, make_producer
 from kairos.logging import get_logger
+from kairos.metrics import LATENESS, count, track_lag
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
-from schemas.events import Dispatch
+from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
 from services.sender.message import DkimKeys, prepare
 from services.sender.outcome import result_of
@@ -149,6 +150,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             )
         await asyncio.gather(*futures)
         handled.add((d.message_id, d.attempt))
+        count("sender", result.outcome.type)
+        if isinstance(result.outcome, Delivered):
+            LATENESS.labels("delivered").observe(result.outcome.lateness_ms / 1000)
         log.info(
             result.outcome.type,
             message_id=d.message_id,
@@ -164,9 +168,11 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             handled.update(await handled_attempts(bootstrap, outcomes_topic, since))
         await asyncio.gather(*(deliver(r) for r in records))
 
+    lag = asyncio.create_task(track_lag("sender", consumer))
     try:
         await consume(consumer, handle, stop)
     finally:
+        lag.cancel()
         await consumer.stop()
         await producer.stop()
         await pool.close()

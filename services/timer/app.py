@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
+from kairos.metrics import LATENESS, count
 from kairos.settings import KairosSettings
 from schemas.codec import decode_as, encode
 from schemas.events import (
@@ -130,6 +132,12 @@ class Timer:
 
         self.app.page("/healthz")(healthz)
 
+        async def metrics(view: Any, request: Any) -> Any:
+            # aiohttp wants the charset apart from the content type
+            return view.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        self.app.page("/metrics")(metrics)
+
     # -- ticks ---------------------------------------------------------------------------
 
     async def _tick(self) -> None:
@@ -200,6 +208,7 @@ class Timer:
                     key=ev.message_id.encode(), value=encode(rejected), force=True
                 )
             )
+            count("timer", "rejected")
             log.info(
                 "command rejected", command=ev.type, message_id=ev.message_id, reason=outcome.reason
             )
@@ -215,8 +224,10 @@ class Timer:
             futures.append(
                 await topic.send(key=fire.message_id.encode(), value=encode(event), force=True)
             )
+            count("timer", "expired" if fire.kind == "expired" else event.type)
             if isinstance(event, Due):
                 self.emitted += 1
+                LATENESS.labels("due").observe(event.lateness_ms / 1000)
             if len(futures) >= EMIT_CHUNK:
                 await asyncio.gather(*futures)
                 futures.clear()

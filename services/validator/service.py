@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer, make_producer
 from kairos.logging import get_logger
+from kairos.metrics import count, track_lag
 from kairos.refdata.view import ReferenceView
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
@@ -105,14 +106,17 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
                 continue
             event = judge(due, lookup, clock.now())
             topic = dispatch_topic if isinstance(event, Dispatch) else outcomes_topic
+            count("validator", "dispatched" if isinstance(event, Dispatch) else "failed")
             if isinstance(event, Failed):
                 log.info("rejected at send time", message_id=due.message_id, reason=event.reason)
             futures.append(await producer.send(topic, encode(event), key=record.key))
         await asyncio.gather(*futures)
 
+    lag = asyncio.create_task(track_lag("validator", consumer))
     try:
         await consume(consumer, handle, stop)
     finally:
+        lag.cancel()
         await consumer.stop()
         await view.stop()
         await producer.stop()

@@ -107,3 +107,37 @@ async def test_bad_schedule_is_rejected_never_sent(
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "SCHEDULED_AT_NO_OFFSET"
     assert r.json()["error"]["field"] == "scheduledAt"
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in an exposition text (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_every_service_exports_metrics(pipeline: Stack, http: httpx.AsyncClient) -> None:
+    r = await http.post("/email", json=body("metrics"))
+    assert r.status_code == 201
+    wait_for_eml(pipeline.outbox, r.json()["id"])
+    await outcome_for(pipeline, r.json()["id"])
+    ingest = (await http.get("/metrics")).text
+    assert _sample(ingest, "kairos_events_total", service="ingest", event="scheduled") >= 1
+    ports = {s: pipeline.health_port(s) for s in ("timer", "validator", "sender")}
+    async with httpx.AsyncClient(timeout=10) as client:
+        texts = {
+            s: (await client.get(f"http://127.0.0.1:{p}/metrics")).text for s, p in ports.items()
+        }
+    assert _sample(texts["timer"], "kairos_events_total", service="timer", event="due") >= 1
+    assert _sample(texts["timer"], "kairos_due_lateness_seconds_count", stage="due") >= 1
+    assert (
+        _sample(texts["validator"], "kairos_events_total", service="validator", event="dispatched")
+        >= 1
+    )
+    assert _sample(texts["sender"], "kairos_events_total", service="sender", event="delivered") >= 1
+    assert _sample(texts["sender"], "kairos_due_lateness_seconds_count", stage="delivered") >= 1
+    assert "kairos_consumer_lag" in texts["sender"]

@@ -45,11 +45,13 @@ format: install
 schemas: install
 	$(BIN)/python -m schemas.jsonschema
 
+## bench: benchmarks against the raw broker (not part of make test); docs/bench.md
 bench: install
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@bash scripts/with-broker.sh $(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: install
-	@bash scripts/with-broker.sh $(BIN)/python -m bench --quick $(BENCH_ARGS)
+bench-quick:
+	@$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"
 
 kafka-start: install
 	$(BIN)/kairos kafka start

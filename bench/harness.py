@@ -10,16 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from aiokafka.structs import TopicPartition
-from aiosmtpd.controller import Controller
 
 from kairos.kafka.clients import make_consumer
 from kairos.kafka.topics import apply_topics
@@ -35,18 +32,34 @@ def free_port() -> int:
 
 
 class CountingSink:
-    """An SMTP server that accepts everything and counts (no disk writes)."""
+    """The counting SMTP sink (``bench.sink``), as a process of its own."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.last = 0.0
-        self.lock = threading.Lock()
+    def __init__(self, port: int, base: Path) -> None:
+        self.port, self.file = port, base / "sink-count"
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.count += 1
-            self.last = time.time()
-        return "250 2.0.0 Ok"
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.sink", str(self.port), str(self.file)]
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the bench sink did not start")
+
+    @property
+    def count(self) -> int:
+        try:
+            return int(self.file.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 @dataclass
@@ -81,16 +94,14 @@ class Pipeline:
             "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN,
             "KAIROS_LOG_LEVEL": "WARNING",
         }
-        self.sink = CountingSink()
-        self._controller: Controller | None = None
+        self.sink = CountingSink(self.ports["sink"], self.base)
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
 
     async def prepare(self) -> None:
         await apply_topics(self.settings, self.bootstrap)
-        self._controller = Controller(self.sink, hostname="127.0.0.1", port=self.ports["sink"])
-        self._controller.start()
+        self.sink.start()
 
     def start(self, *services: str) -> None:
         for service in services:
@@ -148,8 +159,7 @@ class Pipeline:
     def stop(self) -> None:
         for service in list(self.procs):
             self.kill(service)
-        if self._controller is not None:
-            self._controller.stop()
+        self.sink.stop()
 
 
 class TopicWatch:

@@ -145,6 +145,19 @@ TOPICS: tuple[TopicSpec, ...] = (
         consumers=("ingest", "validator"),
     ),
     TopicSpec(
+        name="idempotency",
+        description="Idempotency-key claims of ingest replicas; the first claim of a key in "
+        "log order wins. Kept 48 h (keys live 24 h).",
+        key="sha256 of account and idempotency key",
+        value=None,
+        partitions=MESSAGE_PARTITIONS,
+        cleanup_policy="delete",
+        retention_ms=2 * DAY_MS,
+        producers=("ingest",),
+        consumers=("ingest",),
+        internal=True,
+    ),
+    TopicSpec(
         name="timer-pending-changelog",
         description="Changelog of the timer's pending-schedule table (message id -> schedule).",
         key="message_id",

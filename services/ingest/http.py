@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from schemas.events import Scheduled
 from schemas.reference import AccountState, DomainState, SuppressionState
 from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
+from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog, body_digest
 from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, resolve_scheduled_at
 
 log = get_logger("kairos.ingest")
@@ -79,7 +81,11 @@ class AccountLookup(Protocol):
 
 
 def create_app(
-    publisher: Publisher, clock: Clock, view: AccountLookup, admin: APIRouter | None = None
+    publisher: Publisher,
+    clock: Clock,
+    view: AccountLookup,
+    admin: APIRouter | None = None,
+    idempotency: IdempotencyLog | None = None,
 ) -> FastAPI:
     """The ingest HTTP application: the public API (Bearer API key) and, when given, the
     admin API."""
@@ -120,7 +126,9 @@ def create_app(
         },
     )
     async def send_email(
-        body: dict[str, Any], authorization: str | None = Header(default=None)
+        body: dict[str, Any],
+        authorization: str | None = Header(default=None),
+        idempotency_key: str | None = Header(default=None),
     ) -> JSONResponse:
         """Send an email now, or at ``scheduledAt`` (unix seconds or RFC 3339 with offset)."""
         now = clock.now()
@@ -149,6 +157,34 @@ def create_app(
             check_message(account, content, view)
         except SubmitError as exc:
             return _error(exc.status, exc.code, exc.message, exc.field)
+        claimed = False
+        if idempotency_key is not None and idempotency is not None:
+            if not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
+                return _error(
+                    400, "INVALID_IDEMPOTENCY_KEY", "1 to 256 characters", "Idempotency-Key"
+                )
+            decision = await idempotency.claim(
+                account.account_id, idempotency_key, body_digest(body), message_id
+            )
+            if decision.kind == "replay" and decision.response is not None:
+                return JSONResponse(
+                    decision.response["body"], status_code=decision.response["status"]
+                )
+            if decision.kind == "mismatch":
+                return _error(
+                    409,
+                    "IDEMPOTENCY_BODY_MISMATCH",
+                    "this key was used with a different body",
+                    "Idempotency-Key",
+                )
+            if decision.kind == "in_flight":
+                return _error(
+                    409,
+                    "IDEMPOTENCY_IN_FLIGHT",
+                    "a request with this key is still in flight",
+                    "Idempotency-Key",
+                )
+            claimed = True
         event = Scheduled(
             occurred_at=to_datetime(now),
             account_id=account.account_id,
@@ -162,21 +198,28 @@ def create_app(
             await publisher.publish(event)
         except PublishError as exc:
             log.warning("publish failed", message_id=message_id, error=str(exc))
+            if claimed and idempotency is not None and idempotency_key is not None:
+                with contextlib.suppress(Exception):  # the broker is down anyway
+                    await idempotency.release(account.account_id, idempotency_key, message_id)
             return _error(503, "BROKER_UNAVAILABLE", "could not store the message; retry", None)
-        if due is None:
-            count("ingest", "scheduled")
-            return JSONResponse(
-                {"id": message_id, "response": f"Queued as {message_id}"}, status_code=201
-            )
         count("ingest", "scheduled")
-        return JSONResponse(
-            {
-                "id": message_id,
-                "response": f"Scheduled as {message_id} for {due}",
-                "scheduled_at": due,
-            },
-            status_code=202,
-        )
+        answer: dict[str, Any]
+        if due is None:
+            status, answer = 201, {"id": message_id, "response": f"Queued as {message_id}"}
+        else:
+            status, answer = (
+                202,
+                {
+                    "id": message_id,
+                    "scheduled_at": due,
+                    "response": f"Scheduled as {message_id} for {due}",
+                },
+            )
+        if claimed and idempotency is not None and idempotency_key is not None:
+            await idempotency.complete(
+                account.account_id, idempotency_key, message_id, {"status": status, "body": answer}
+            )
+        return JSONResponse(answer, status_code=status)
 
     return app
 

@@ -17,6 +17,7 @@ from kairos.refdata.view import ReferenceView
 from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
 from services.ingest.http import KafkaPublisher, create_app
+from services.ingest.idempotency import IdempotencyLog
 
 log = get_logger("kairos.ingest")
 
@@ -31,13 +32,15 @@ class _Server(uvicorn.Server):
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set."""
-    producer = make_producer(bootstrap)
+    # a client waits for the acknowledgement: batch only what arrives within a millisecond
+    producer = make_producer(bootstrap, linger_ms=1)
     publisher = KafkaPublisher(producer, settings.topic("schedule"))
     view = ReferenceView(settings, bootstrap)
     token = admin_token(settings)
     assert token is not None
     admin = admin_router(view, ReferenceWriter(producer, settings, view), token, clock)
-    app = create_app(publisher, clock, view, admin)
+    idempotency = IdempotencyLog(producer, bootstrap, settings.topic("idempotency"), clock)
+    app = create_app(publisher, clock, view, admin, idempotency)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -49,6 +52,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     server = _Server(config)
     await producer.start()
     await view.start()
+    await idempotency.start()
     publisher.started = True
     serve = asyncio.create_task(server.serve())
     log.info("ingest started", http=f"http://{settings.http_host}:{settings.http_port}")
@@ -60,4 +64,5 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         server.should_exit = True
         await serve
         await view.stop()
+        await idempotency.stop()
         await producer.stop()

@@ -176,7 +176,10 @@ class Timer:
         if isinstance(ev, Tick):
             while True:
                 walk = state.walk(ev.now, limit=EMIT_CHUNK)
-                await self._publish(walk.fires, ev.now)
+                # the tick's time decides what is due (never early, replayable); the time the
+                # events say they went out is the real one: a tick queued behind a backlog of
+                # schedule events is processed later than it was stamped
+                await self._publish(walk.fires, max(ev.now, self.clock.now()))
                 state.commit(walk, ev.now)
                 if walk.complete:
                     return

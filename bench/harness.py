@@ -74,7 +74,9 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.prefix = f"b{uuid.uuid4().hex[:8]}."
-        self.ports = {s: free_port() for s in ("ingest", "timer", "validator", "sender", "sink")}
+        self.ports = {
+            s: free_port() for s in ("ingest", "smtp", "timer", "validator", "sender", "sink")
+        }
         self.settings = KairosSettings(
             kafka_bootstrap=self.bootstrap,
             topic_prefix=self.prefix,
@@ -90,6 +92,7 @@ class Pipeline:
             "KAIROS_TOPIC_PARTITIONS": str(self.partitions),
             "KAIROS_STATE_DIR": str(self.base / "state"),
             "KAIROS_HTTP_PORT": str(self.ports["ingest"]),
+            "KAIROS_SMTP_PORT": str(self.ports["smtp"]),
             "KAIROS_RELAY_PORT": str(self.ports["sink"]),
             "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN,
             "KAIROS_LOG_LEVEL": "WARNING",

@@ -49,6 +49,14 @@ class KairosSettings(BaseSettings):
     # -- HTTP / SMTP -------------------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Ingest HTTP bind address.")
     http_port: int = Field(default=8080, description="Ingest HTTP port.")
+    smtp_host: str = Field(default="127.0.0.1", description="SMTP submission bind address.")
+    smtp_port: int = Field(default=2525, description="SMTP submission port (0: no SMTP server).")
+    smtp_allow_plaintext_auth: bool | None = Field(
+        default=None,
+        description="Allow AUTH without TLS. Unset: allowed only when bound to loopback.",
+    )
+    smtp_tls_cert: Path | None = Field(default=None, description="Certificate for STARTTLS.")
+    smtp_tls_key: Path | None = Field(default=None, description="Private key for STARTTLS.")
     health_port: int | None = Field(
         default=None,
         description="Health/metrics port of a non-HTTP service (timer 8081, validator 8082, "

@@ -7,6 +7,7 @@ set -uo pipefail
 wanted=(
   "postfix:/usr/sbin/postfix"
   "kubectl:kubectl"
+  "swaks:swaks"
 )
 missing=()
 for item in "${wanted[@]}"; do

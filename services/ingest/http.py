@@ -130,31 +130,15 @@ def create_app(
         authorization: str | None = Header(default=None),
         idempotency_key: str | None = Header(default=None),
     ) -> JSONResponse:
-        """Send an email now, or at ``scheduledAt`` (unix seconds or RFC 3339 with offset)."""
+        """Send an email now, or at ``scheduledAt`` (unix seconds or RFC 3339 with offset).
+
+        With an ``Idempotency-Key``, a retry of the same body answers what the first request
+        answered (even after its time has passed), and creates no second message."""
         now = clock.now()
         key = (authorization or "").removeprefix("Bearer ").strip()
-        try:
-            account = check_account(view.authenticate(key) if key else None)
-        except SubmitError as exc:
-            return _error(exc.status, exc.code, exc.message, exc.field)
-        try:
-            req = EmailRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or None
-            return _error(400, "INVALID_REQUEST", first["msg"], field)
-        scheduled = any(body.get(k) is not None for k in ("scheduledAt", "scheduled_at"))
-        try:
-            horizon = horizon_of(account, scheduled, MAX_HORIZON_SECONDS)
-            due = resolve_scheduled_at(body, now, horizon)
-        except ScheduleError as exc:
-            return _error(400, exc.code, exc.message, exc.field)
-        except SubmitError as exc:
-            return _error(exc.status, exc.code, exc.message, exc.field)
         message_id = str(uuid.uuid4())
         try:
-            content = compose(req, message_id)
-            check_message(account, content, view)
+            account = check_account(view.authenticate(key) if key else None)
         except SubmitError as exc:
             return _error(exc.status, exc.code, exc.message, exc.field)
         claimed = False
@@ -185,6 +169,37 @@ def create_app(
                     "Idempotency-Key",
                 )
             claimed = True
+        try:
+            status, answer = await submit(account, body, now, message_id)
+        except SubmitError as exc:
+            if claimed and idempotency is not None and idempotency_key is not None:
+                with contextlib.suppress(Exception):  # when the broker is down, it is anyway
+                    await idempotency.release(account.account_id, idempotency_key, message_id)
+            return _error(exc.status, exc.code, exc.message, exc.field)
+        if claimed and idempotency is not None and idempotency_key is not None:
+            await idempotency.complete(
+                account.account_id, idempotency_key, message_id, {"status": status, "body": answer}
+            )
+        return JSONResponse(answer, status_code=status)
+
+    async def submit(
+        account: AccountState, body: dict[str, Any], now: float, message_id: str
+    ) -> tuple[int, dict[str, Any]]:
+        """Validate, compose and publish one submission; SubmitError for any refusal."""
+        try:
+            req = EmailRequest.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or None
+            raise SubmitError("INVALID_REQUEST", first["msg"], field) from exc
+        scheduled = any(body.get(k) is not None for k in ("scheduledAt", "scheduled_at"))
+        try:
+            horizon = horizon_of(account, scheduled, MAX_HORIZON_SECONDS)
+            due = resolve_scheduled_at(body, now, horizon)
+        except ScheduleError as exc:
+            raise SubmitError(exc.code, exc.message, exc.field) from exc
+        content = compose(req, message_id)
+        check_message(account, content, view)
         event = Scheduled(
             occurred_at=to_datetime(now),
             account_id=account.account_id,
@@ -198,28 +213,17 @@ def create_app(
             await publisher.publish(event)
         except PublishError as exc:
             log.warning("publish failed", message_id=message_id, error=str(exc))
-            if claimed and idempotency is not None and idempotency_key is not None:
-                with contextlib.suppress(Exception):  # the broker is down anyway
-                    await idempotency.release(account.account_id, idempotency_key, message_id)
-            return _error(503, "BROKER_UNAVAILABLE", "could not store the message; retry", None)
+            raise SubmitError(
+                "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
+            ) from exc
         count("ingest", "scheduled")
-        answer: dict[str, Any]
         if due is None:
-            status, answer = 201, {"id": message_id, "response": f"Queued as {message_id}"}
-        else:
-            status, answer = (
-                202,
-                {
-                    "id": message_id,
-                    "scheduled_at": due,
-                    "response": f"Scheduled as {message_id} for {due}",
-                },
-            )
-        if claimed and idempotency is not None and idempotency_key is not None:
-            await idempotency.complete(
-                account.account_id, idempotency_key, message_id, {"status": status, "body": answer}
-            )
-        return JSONResponse(answer, status_code=status)
+            return 201, {"id": message_id, "response": f"Queued as {message_id}"}
+        return 202, {
+            "id": message_id,
+            "scheduled_at": due,
+            "response": f"Scheduled as {message_id} for {due}",
+        }
 
     return app
 

@@ -18,6 +18,7 @@ from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
 from services.ingest.http import KafkaPublisher, create_app
 from services.ingest.idempotency import IdempotencyLog
+from services.ingest.smtp import SubmissionHandler, server_factory
 
 log = get_logger("kairos.ingest")
 
@@ -54,6 +55,12 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     await view.start()
     await idempotency.start()
     publisher.started = True
+    smtp_server = None
+    if settings.smtp_port:
+        handler = SubmissionHandler(view, publisher, clock, idempotency)
+        smtp_server = await asyncio.get_running_loop().create_server(
+            server_factory(settings, handler), settings.smtp_host, settings.smtp_port
+        )
     serve = asyncio.create_task(server.serve())
     log.info("ingest started", http=f"http://{settings.http_host}:{settings.http_port}")
     try:
@@ -63,6 +70,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     finally:
         server.should_exit = True
         await serve
+        if smtp_server is not None:
+            smtp_server.close()
+            await smtp_server.wait_closed()
         await view.stop()
         await idempotency.stop()
         await producer.stop()

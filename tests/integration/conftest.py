@@ -173,6 +173,7 @@ def make_stack(bootstrap: str, base: Path) -> Stack:
         "KAIROS_TOPIC_PARTITIONS": "2",
         "KAIROS_LOG_LEVEL": "INFO",
         "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "KAIROS_SMTP_PORT": str(free_port()),
     }
     for service in ("timer", "validator", "sender"):
         env[f"_PORT_{service}"] = str(free_port())

@@ -191,6 +191,7 @@ def up() -> None:
     try:
         demo = _seed_demo(settings, procs)
         http = f"http://{settings.http_host}:{settings.http_port}"
+        smtp = f"{settings.smtp_host}:{settings.smtp_port}"
         click.echo(
             f"\nKairos is up: HTTP {http}  (Kafka {bootstrap}, outbox {settings.outbox_dir}). "
             "Ctrl-C stops everything.\n"
@@ -202,8 +203,8 @@ def up() -> None:
             f'    -d \'{{"from": "Demo <hello@{DEMO_DOMAIN}>", "to": "user@example.org", '
             '"subject": "Hi", "text": "Hello", '
             "\"scheduledAt\": '$(($(date +%s)+10))'}'\n\n"
-            "Over SMTP (submission on 127.0.0.1:2525, once the SMTP server is enabled):\n"
-            f"  swaks --server 127.0.0.1:2525 --auth PLAIN --auth-user demo "
+            f"Over SMTP (submission on {smtp}):\n"
+            f"  swaks --server {smtp} --auth PLAIN --auth-user demo "
             f'--auth-password "$KAIROS_API_KEY" \\\n'
             f"    --from hello@{DEMO_DOMAIN} --to user@example.org "
             '--add-header "X-Scheduled-At: $(($(date +%s)+10))"\n'

@@ -62,6 +62,25 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON Schema with its ``$defs`` inlined (valid inside an OpenAPI document)."""
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 def _error(status: int, code: str, message: str, field: str | None) -> JSONResponse:
     REJECTED.labels("http", code).inc()
     return JSONResponse(error_body(code, message, field), status_code=status)
@@ -122,7 +141,25 @@ def create_app(
             201: {"model": SentResponse, "description": "Accepted for immediate sending"},
             202: {"model": ScheduledResponse, "description": "Scheduled"},
             400: {"model": ErrorResponse, "description": "Invalid request"},
+            401: {"model": ErrorResponse, "description": "Missing or unknown API key"},
+            403: {
+                "model": ErrorResponse,
+                "description": "Account disabled, domain not "
+                "owned or not verified, scheduling not allowed by the plan",
+            },
+            409: {
+                "model": ErrorResponse,
+                "description": "Idempotency key in flight or used with another body",
+            },
+            413: {"model": ErrorResponse, "description": "Message too large"},
             503: {"model": ErrorResponse, "description": "Not durable yet; retry"},
+        },
+        # the body is validated by hand (for stable error codes); document its shape
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _inline_schema(EmailRequest)}},
+            }
         },
     )
     async def send_email(

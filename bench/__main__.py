@@ -141,7 +141,14 @@ def table(r: dict[str, Any]) -> None:
             "",
             "",
         ),
-        ("submission: SMTP messages per second", "n/a (SMTP submission not built yet)", "", ""),
+        (
+            "submission: SMTP messages per second (16 connections)",
+            fmt(sub["smtp_per_s"]),
+            fmt(perf["producer_records_per_s"]),
+            fmt(
+                (sub["smtp_per_s"] or math.nan) / (perf["producer_records_per_s"] or math.nan), "x"
+            ),
+        ),
         (
             f"timer: RSS bytes per pending ({fmt(scale['pending'])} pending over 30 days)",
             fmt(scale["rss_bytes_per_pending"]),

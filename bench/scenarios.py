@@ -331,6 +331,7 @@ async def submission(
         began = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.monotonic() - began
+    smtp = await smtp_submission(p, api_key, seconds)
     return {
         "clients": clients,
         "requests": len(latencies),
@@ -338,7 +339,44 @@ async def submission(
         "requests_per_s": len(latencies) / elapsed,
         "p50": pct(latencies, 0.5),
         "p99": pct(latencies, 0.99),
-        "smtp_per_s": None,
+        **smtp,
+    }
+
+
+async def smtp_submission(
+    p: Pipeline, api_key: str, seconds: float, clients: int = 16
+) -> dict[str, Any]:
+    """Scheduled messages over SMTP (AUTH, one connection per client, many messages each)."""
+    import aiosmtplib
+
+    sent = 0
+    errors = 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal sent, errors
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=p.ports["smtp"], timeout=30)
+        await client.connect()
+        await client.login("bench", api_key)
+        while time.monotonic() < stop_at:
+            data = (
+                "From: hello@bench.test\r\nTo: user@example.org\r\nSubject: b\r\n"
+                f"X-Scheduled-At: {int(time.time()) + 3600}\r\n\r\n" + "x" * 400
+            )
+            try:
+                await client.sendmail("hello@bench.test", ["user@example.org"], data)
+                sent += 1
+            except aiosmtplib.SMTPException:
+                errors += 1
+        await client.quit()
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return {
+        "smtp_clients": clients,
+        "smtp_messages": sent,
+        "smtp_errors": errors,
+        "smtp_per_s": sent / (time.monotonic() - began),
     }
 
 

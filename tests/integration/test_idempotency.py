@@ -27,10 +27,16 @@ def body(subject: str = "once") -> dict[str, object]:
 async def test_keys_hold_across_replicas(stack: Stack) -> None:
     stack.start("ingest")
     port2 = free_port()
-    stack.start_as("ingest2", "ingest", env={"KAIROS_HTTP_PORT": str(port2)}, wait=False)
+    stack.start_as(
+        "ingest2",
+        "ingest",
+        env={"KAIROS_HTTP_PORT": str(port2), "KAIROS_SMTP_PORT": str(free_port())},
+        wait=False,
+    )
     _account, key = stack.create_account("idem")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        assert stack.procs["ingest2"].poll() is None, stack.tail("ingest2")
         try:
             if httpx.get(f"http://127.0.0.1:{port2}/healthz", timeout=1).status_code == 200:
                 break

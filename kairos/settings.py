@@ -57,6 +57,12 @@ class KairosSettings(BaseSettings):
     )
     smtp_tls_cert: Path | None = Field(default=None, description="Certificate for STARTTLS.")
     smtp_tls_key: Path | None = Field(default=None, description="Private key for STARTTLS.")
+    lifecycle_db: Path | None = Field(
+        default=None,
+        description="SQLite file of the ingest's lifecycle projection (message status and "
+        "timeline), rebuilt from the log when missing. Unset: "
+        "<state_dir>/lifecycle-<http_port>.sqlite3.",
+    )
     health_port: int | None = Field(
         default=None,
         description="Health/metrics port of a non-HTTP service (timer 8081, validator 8082, "

@@ -72,6 +72,19 @@ class SuppressionState(Event):
     added_at: datetime
 
 
+class BatchState(Event):
+    """A batch id of an account (SendGrid's ``POST /v3/mail/batch``) and the scheduled-send
+    status set on it (``pause`` or ``cancel``; none when unset). Key: the batch id."""
+
+    type: Literal["batch_state"] = "batch_state"
+    schema_version: Literal[1] = 1
+    batch_id: str
+    status: Literal["pause", "cancel"] | None = Field(
+        default=None, description="The scheduled-send status of the batch, if any."
+    )
+    created_at: datetime
+
+
 def domain_key(account_id: str, domain: str) -> str:
     """The topic key of a domain."""
     return f"{account_id}/{domain.lower()}"

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from schemas.events import Dispatch, Due, Outcome, ScheduleStreamEvent
-from schemas.reference import AccountState, ApiKeyState, DomainState, SuppressionState
+from schemas.reference import (
+    AccountState,
+    ApiKeyState,
+    BatchState,
+    DomainState,
+    SuppressionState,
+)
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -59,9 +65,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         value=ScheduleStreamEvent,
         partitions=MESSAGE_PARTITIONS,
         cleanup_policy="delete",
-        retention_ms=7 * DAY_MS,
+        # longer than the 30-day horizon plus retries: the lifecycle projection of a new
+        # ingest replica is rebuilt from it
+        retention_ms=35 * DAY_MS,
         producers=("ingest", "sender", "timer"),
-        consumers=("timer",),
+        consumers=("timer", "ingest"),
         config=_BIG,
     ),
     TopicSpec(
@@ -73,7 +81,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="delete",
         retention_ms=7 * DAY_MS,
         producers=("timer",),
-        consumers=("validator",),
+        consumers=("validator", "ingest"),
         config=_BIG,
     ),
     TopicSpec(
@@ -98,7 +106,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         cleanup_policy="delete",
         retention_ms=30 * DAY_MS,
         producers=("timer", "validator", "sender"),
-        consumers=("analytics",),
+        consumers=("analytics", "ingest"),
     ),
     TopicSpec(
         name="accounts",
@@ -143,6 +151,17 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=None,
         producers=("ingest", "sender"),
         consumers=("ingest", "validator"),
+    ),
+    TopicSpec(
+        name="batches",
+        description="Batch ids per account and their scheduled-send status (pause, cancel).",
+        key="batch_id",
+        value=BatchState,
+        partitions=1,
+        cleanup_policy="compact",
+        retention_ms=None,
+        producers=("ingest",),
+        consumers=("ingest",),
     ),
     TopicSpec(
         name="idempotency",

@@ -9,29 +9,31 @@ start, and applies later changes as they arrive (typically within tens of millis
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
-
-from kairos.kafka.clients import make_consumer
+from kairos.kafka.follow import Batch, LogFollower
 from kairos.logging import get_logger
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as
-from schemas.reference import AccountState, ApiKeyState, DomainState, SuppressionState
+from schemas.reference import (
+    AccountState,
+    ApiKeyState,
+    BatchState,
+    DomainState,
+    SuppressionState,
+)
 
 log = get_logger("kairos.refdata")
 
-REFERENCE_TOPICS = ("accounts", "api-keys", "domains", "suppressions")
+REFERENCE_TOPICS = ("accounts", "api-keys", "domains", "suppressions", "batches")
 
 _MODELS: dict[str, type[Any]] = {
     "accounts": AccountState,
     "api-keys": ApiKeyState,
     "domains": DomainState,
     "suppressions": SuppressionState,
+    "batches": BatchState,
 }
 
 
@@ -49,6 +51,7 @@ class ReferenceState:
         self.keys: dict[str, ApiKeyState] = {}
         self.domains: dict[str, DomainState] = {}
         self.suppressions: dict[str, SuppressionState] = {}
+        self.batches: dict[str, BatchState] = {}
 
     def apply(self, logical_topic: str, key: str, value: bytes | None) -> None:
         """Apply one record of a reference topic (a null value deletes the key)."""
@@ -69,6 +72,7 @@ class ReferenceState:
             "api-keys": self.keys,
             "domains": self.domains,
             "suppressions": self.suppressions,
+            "batches": self.batches,
         }
         return tables[logical_topic]
 
@@ -105,83 +109,24 @@ class ReferenceState:
         s = self.suppression(account_id, address)
         return s.reason if s is not None else None
 
+    def batch(self, account_id: str, batch_id: str) -> BatchState | None:
+        """A batch of this account (another account's batch is as good as unknown)."""
+        b = self.batches.get(batch_id)
+        return b if b is not None and b.account_id == account_id else None
+
     def keys_of(self, account_id: str) -> list[ApiKeyState]:
         return [k for k in self.keys.values() if k.account_id == account_id]
 
 
-class ReferenceView(ReferenceState):
+class ReferenceView(ReferenceState, LogFollower):
     """A :class:`ReferenceState` fed from Kafka in the background."""
 
     def __init__(self, settings: KairosSettings, bootstrap: str) -> None:
-        super().__init__()
-        self.settings, self.bootstrap = settings, bootstrap
-        self._names = {settings.topic(t): t for t in REFERENCE_TOPICS}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._caught_up = asyncio.Event()
-        self._changed = asyncio.Condition()
+        ReferenceState.__init__(self)
+        LogFollower.__init__(self, bootstrap, {settings.topic(t): t for t in REFERENCE_TOPICS})
+        self.settings = settings
 
-    @property
-    def caught_up(self) -> bool:
-        """True once the view has read everything that was in the log when it started."""
-        return self._caught_up.is_set()
-
-    async def start(self) -> None:
-        consumer = make_consumer(self.bootstrap, None)
-        await consumer.start()
-        await asyncio.sleep(0)  # let aiokafka's coordinator task start (see sender service)
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(t, p)
-            for t in self._names
-            for p in sorted(cluster.partitions_for_topic(t) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        self._consumer = consumer
-        self._task = asyncio.create_task(self._follow(consumer, ends))
-
-    async def _follow(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
-        behind = {tp for tp, end in ends.items() if end > 0}
-        if not behind:
-            self._caught_up.set()
-        while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            for tp, records in batch.items():
-                for r in records:
-                    self.apply(self._names[tp.topic], r.key.decode() if r.key else "", r.value)
-            if behind:
-                for tp in list(behind):
-                    if await consumer.position(tp) >= ends[tp]:
-                        behind.discard(tp)
-                if not behind:
-                    self._caught_up.set()
-            if batch:
-                async with self._changed:
-                    self._changed.notify_all()
-
-    async def wait_caught_up(self, limit: float | None = 60) -> None:
-        """Return once the view has caught up with the log as it was at start-up."""
-        await asyncio.wait_for(self._caught_up.wait(), limit)
-
-    async def wait_until(self, predicate: Any, limit: float = 10) -> bool:
-        """Wait until ``predicate(self)`` holds (read-your-writes after a publish)."""
-
-        async def wait() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(wait(), limit)
-        except TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+    async def handle(self, batch: Batch) -> None:
+        for tp, records in batch.items():
+            for r in records:
+                self.apply(self.logical(tp), r.key.decode() if r.key else "", r.value)

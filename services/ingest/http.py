@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Header, Request
@@ -18,8 +19,8 @@ from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
 from kairos.metrics import REJECTED, count
 from kairos.refdata.admin import install_error_handler
-from schemas.events import Scheduled
-from schemas.reference import AccountState, DomainState, SuppressionState
+from schemas.events import MessageEvent, Scheduled
+from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
 from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog, body_digest
@@ -98,6 +99,8 @@ class AccountLookup(Protocol):
 
     def suppression(self, account_id: str, address: str) -> SuppressionState | None: ...
 
+    def batch(self, account_id: str, batch_id: str) -> BatchState | None: ...
+
 
 def create_app(
     publisher: Publisher,
@@ -105,6 +108,7 @@ def create_app(
     view: AccountLookup,
     admin: APIRouter | None = None,
     idempotency: IdempotencyLog | None = None,
+    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     """The ingest HTTP application: the public API (Bearer API key) and, when given, the
     admin API."""
@@ -122,6 +126,8 @@ def create_app(
 
     if admin is not None:
         app.include_router(admin)
+    for router in routers:
+        app.include_router(router)
     install_error_handler(app)
 
     @app.get("/healthz", tags=["operations"])
@@ -286,6 +292,29 @@ class KafkaPublisher:
             )
         except (KafkaError, TimeoutError) as exc:
             raise PublishError(str(exc) or type(exc).__name__) from exc
+
+    async def publish_many(self, events: Sequence[MessageEvent]) -> None:
+        """Publish several events (each keyed by its message id) and wait for every
+        acknowledgement; PublishError if any is not durable."""
+        from aiokafka.errors import KafkaError
+
+        from schemas.codec import encode
+
+        async def send_all() -> None:
+            futures = [
+                await self.producer.send(self.topic, encode(e), key=e.message_id.encode())
+                for e in events
+            ]
+            await asyncio.gather(*futures)
+
+        try:
+            await asyncio.wait_for(send_all(), self.timeout)
+        except (KafkaError, TimeoutError) as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from exc
+
+    async def command(self, event: MessageEvent) -> None:
+        """Publish a lifecycle command into the schedule stream, durably."""
+        await self.publish_many([event])
 
     def ready(self) -> bool:
         return self.started

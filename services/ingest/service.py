@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
 
 from kairos.clock import Clock
+from kairos.commands import broadcast_batch_command
 from kairos.kafka.clients import make_producer
 from kairos.logging import get_logger
 from kairos.refdata.admin import admin_router
@@ -18,6 +20,9 @@ from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
 from services.ingest.http import KafkaPublisher, create_app
 from services.ingest.idempotency import IdempotencyLog
+from services.ingest.lifecycle import LifecycleProjection
+from services.ingest.manage import manage_router
+from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory
 
 log = get_logger("kairos.ingest")
@@ -41,7 +46,23 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     assert token is not None
     admin = admin_router(view, ReferenceWriter(producer, settings, view), token, clock)
     idempotency = IdempotencyLog(producer, bootstrap, settings.topic("idempotency"), clock)
-    app = create_app(publisher, clock, view, admin, idempotency)
+    projection = LifecycleProjection(
+        settings,
+        bootstrap,
+        settings.lifecycle_db or settings.state_dir / f"lifecycle-{settings.http_port}.sqlite3",
+    )
+    writer = ReferenceWriter(producer, settings, view)
+
+    async def broadcast(
+        account_id: str, batch_id: str, action: Literal["cancel", "pause", "resume"]
+    ) -> None:
+        await broadcast_batch_command(producer, settings, account_id, batch_id, action, clock.now())
+
+    routers = [
+        manage_router(view, projection, publisher, clock),
+        sendgrid_router(view, writer, broadcast, publisher, clock, view),
+    ]
+    app = create_app(publisher, clock, view, admin, idempotency, routers)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -54,6 +75,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     await producer.start()
     await view.start()
     await idempotency.start()
+    await projection.start()
     publisher.started = True
     smtp_server = None
     if settings.smtp_port:
@@ -74,5 +96,6 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             smtp_server.close()
             await smtp_server.wait_closed()
         await view.stop()
+        await projection.stop()
         await idempotency.stop()
         await producer.stop()

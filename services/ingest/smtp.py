@@ -53,6 +53,7 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "IDEMPOTENCY_IN_FLIGHT": (451, "4.5.0"),
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
     "INVALID_SMTPAPI": (554, "5.5.4"),
+    "INVALID_BATCH_ID": (554, "5.5.4"),
     "BROKER_UNAVAILABLE": (451, "4.3.0"),
 }
 
@@ -242,6 +243,10 @@ class SubmissionHandler:
             )
             for rcpts, _ in plan.messages
         ]
+        if plan.batch_id is not None and self.view.batch(account.account_id, plan.batch_id) is None:
+            raise SubmitError(
+                "INVALID_BATCH_ID", "invalid batch id; create one with POST /v3/mail/batch"
+            )
         for content in contents:
             check_message(account, content, self.view)
         ids = [first_id, *(str(uuid.uuid4()) for _ in plan.messages[1:])]

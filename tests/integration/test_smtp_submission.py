@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Stack, free_port, make_stack
@@ -131,8 +132,13 @@ def test_ownership_auth_and_size(smtp_stack: Stack) -> None:
 
 
 def test_send_each_at_makes_one_message_per_recipient(smtp_stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {smtp_stack.api_key}"}
+    batch = httpx.post(f"{smtp_stack.http}/v3/mail/batch", headers=auth).json()["batch_id"]
     now = int(time.time())
-    header = f'X-SMTPAPI: {{"send_each_at": [{now + 2}, {now + 3}], "batch_id": "B1"}}\r\n'
+    bad = f'X-SMTPAPI: {{"send_at": {now + 60}, "batch_id": "not-a-batch"}}\r\n'
+    code, reply = send(smtp_stack, message(bad, body="bad batch"))
+    assert (code, reply.split(":")[0]) == (554, "5.5.4 INVALID_BATCH_ID")
+    header = f'X-SMTPAPI: {{"send_each_at": [{now + 2}, {now + 3}], "batch_id": "{batch}"}}\r\n'
     code, reply = send(
         smtp_stack, message(header, body="each at"), rcpts=["a@example.org", "b@example.org"]
     )

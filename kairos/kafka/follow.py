@@ -1,0 +1,133 @@
+"""Following whole topics without a consumer group: every replica reads every partition.
+
+The reference view and the lifecycle projection both hold state folded from topics that each
+process must see entirely. :class:`LogFollower` assigns all partitions of its topics, starts
+from the beginning (or from offsets the subclass stored), hands each fetched batch to
+:meth:`LogFollower.handle`, reports ``caught_up`` once it has reached the end offsets it saw at
+start, and wakes :meth:`LogFollower.wait_until` callers after every batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.structs import TopicPartition
+
+from kairos.kafka.clients import make_consumer
+from kairos.logging import get_logger
+
+log = get_logger("kairos.follow")
+
+Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+
+
+class LogFollower:
+    """Base class: subclasses implement :meth:`handle` (and may override
+    :meth:`start_offsets`)."""
+
+    def __init__(self, bootstrap: str, topics: Mapping[str, str], **consumer_options: Any) -> None:
+        """``topics`` maps each full topic name to the logical name ``handle`` is given."""
+        self.bootstrap = bootstrap
+        self._names = dict(topics)
+        self._options = consumer_options
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._tps: list[TopicPartition] = []
+        self._caught_up = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    def logical(self, tp: TopicPartition) -> str:
+        return self._names[tp.topic]
+
+    async def handle(self, batch: Batch) -> None:
+        """Fold one fetched batch (records in order per partition)."""
+        raise NotImplementedError
+
+    def start_offsets(self) -> dict[tuple[str, int], int]:
+        """Where to resume: (logical topic, partition) -> next offset; the rest from the start."""
+        return {}
+
+    @property
+    def caught_up(self) -> bool:
+        """True once everything that was in the topics at start-up has been handled."""
+        return self._caught_up.is_set()
+
+    async def start(self) -> None:
+        consumer = make_consumer(self.bootstrap, None, **self._options)
+        await consumer.start()
+        await asyncio.sleep(0)  # let aiokafka's coordinator task start (see sender service)
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [
+            TopicPartition(t, p)
+            for t in self._names
+            for p in sorted(cluster.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        stored = self.start_offsets()
+        for tp in tps:
+            nxt = stored.get((self.logical(tp), tp.partition))
+            if nxt is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, nxt)
+        ends = await consumer.end_offsets(tps)
+        self._consumer, self._tps = consumer, tps
+        self._task = asyncio.create_task(self._follow(consumer, ends))
+
+    async def _follow(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
+        behind = {tp for tp, end in ends.items() if end > 0}
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=100, max_records=2000)
+            except Exception as exc:  # the client reconnects by itself; keep following
+                log.warning("fetch failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            if batch:
+                await self.handle(batch)
+            for tp in list(behind):
+                if await consumer.position(tp) >= ends[tp]:
+                    behind.discard(tp)
+            if not behind:
+                self._caught_up.set()
+            if batch:
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def wait_caught_up(self, limit: float | None = 60) -> None:
+        """Return once everything that was in the topics at start-up has been handled."""
+        await asyncio.wait_for(self._caught_up.wait(), limit)
+
+    async def wait_until(self, predicate: Callable[[Any], bool], limit: float = 10) -> bool:
+        """Wait (at most ``limit`` seconds) until ``predicate(self)`` holds after a batch."""
+
+        async def wait() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(wait(), limit)
+        except TimeoutError:
+            return False
+        return True
+
+    async def end_offsets(self, limit: float) -> dict[TopicPartition, int] | None:
+        """The topics' end offsets now (None when the broker does not answer in time)."""
+        if self._consumer is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._consumer.end_offsets(self._tps), limit)
+        except Exception:
+            return None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

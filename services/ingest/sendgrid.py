@@ -1,0 +1,433 @@
+"""SendGrid v3 compatibility: enough of ``/v3`` that the official ``sendgrid`` library works
+against Kairos when given ``host=``.
+
+* ``POST /v3/mail/send``: personalizations (each its own message), top-level and
+  per-personalization ``send_at`` (SendGrid's 72 h limit, never in the past), ``batch_id``;
+  202 with ``X-Message-Id``. ``mail_settings.sandbox_mode`` validates without sending.
+* ``POST /v3/mail/batch`` creates a batch id (valid 10 days); ``GET /v3/mail/batch/{id}``
+  validates one.
+* ``/v3/user/scheduled_sends``: pause or cancel a batch, list, switch, remove a pause.
+
+Errors have SendGrid's shape: ``{"errors": [{"message", "field", "help"}]}``. Everything is
+scoped to the API key's account: another account's batch is an invalid batch id.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+import uuid
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from kairos.clock import Clock, to_datetime
+from kairos.metrics import REJECTED, count
+from kairos.refdata.commands import Record
+from schemas.events import MessageContent, Scheduled
+from schemas.reference import AccountState, BatchState
+from services.ingest.checks import check_message, horizon_of
+from services.ingest.compose import EmailRequest, SubmitError, compose
+from services.ingest.manage import authenticate
+from services.ingest.schedule import ScheduleError, check_window
+
+#: SendGrid's scheduling limit on this API.
+SENDGRID_HORIZON_SECONDS = 72 * 3600
+#: A batch id is valid this long after it was created.
+BATCH_VALIDITY = timedelta(days=10)
+MAX_PERSONALIZATIONS = 1000
+#: Accepted and ignored: they change nothing about when or whether a message is sent.
+_IGNORED = {
+    "categories",
+    "custom_args",
+    "tracking_settings",
+    "asm",
+    "ip_pool_name",
+    "reply_to_list",
+}
+
+
+class BatchStore(Protocol):
+    """The reference view (batches) and its writer, as this API uses them."""
+
+    def batch(self, account_id: str, batch_id: str) -> BatchState | None: ...
+
+    def authenticate(self, api_key: str) -> AccountState | None: ...
+
+
+class Writer(Protocol):
+    async def apply(self, records: list[Record]) -> None: ...
+
+
+class Broadcaster(Protocol):
+    async def __call__(
+        self, account_id: str, batch_id: str, action: Literal["cancel", "pause", "resume"]
+    ) -> None: ...
+
+
+class Publisher(Protocol):
+    async def publish_many(self, events: list[Scheduled]) -> None: ...
+
+
+def sg_error(status: int, message: str, field: str | None = None, code: str = "") -> JSONResponse:
+    """An error in SendGrid's shape (plus Kairos's stable ``code`` as ``help``)."""
+    REJECTED.labels("sendgrid", code or str(status)).inc()
+    return JSONResponse(
+        {"errors": [{"message": message, "field": field, "help": code or None}]},
+        status_code=status,
+    )
+
+
+def _from_submit(exc: SubmitError) -> JSONResponse:
+    return sg_error(exc.status, exc.message, exc.field, exc.code)
+
+
+def _address(value: Any, field: str) -> str:
+    if not isinstance(value, dict) or not isinstance(value.get("email"), str):
+        raise SubmitError("INVALID_REQUEST", "an object with an email is required", field)
+    name = value.get("name")
+    return email.utils.formataddr((name, value["email"])) if name else str(value["email"])
+
+
+def _addresses(values: Any, field: str) -> list[str] | None:
+    if values is None:
+        return None
+    if not isinstance(values, list):
+        raise SubmitError("INVALID_REQUEST", "a list of {email, name} objects is required", field)
+    return [_address(v, f"{field}[{i}]") for i, v in enumerate(values)]
+
+
+def _send_at(value: Any, field: str, now: float, horizon: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SubmitError("SCHEDULED_AT_INVALID", "send_at must be a unix timestamp", field)
+    try:
+        return check_window(value, now, horizon, field)
+    except ScheduleError as exc:
+        raise SubmitError(exc.code, exc.message, exc.field) from exc
+
+
+def personalize(
+    body: dict[str, Any], now: float, horizon: int
+) -> list[tuple[EmailRequest, int | None]]:
+    """The messages of a ``/v3/mail/send`` body: one per personalization, with its due second
+    (None: now). Raises SubmitError for anything SendGrid would refuse, and for what Kairos
+    cannot honour (templates, ``send_each_at``)."""
+    for unsupported in ("template_id", "send_each_at"):
+        if body.get(unsupported) is not None:
+            raise SubmitError(
+                "UNSUPPORTED_FIELD", f"{unsupported} is not supported by Kairos", unsupported
+            )
+    known = {
+        "personalizations", "from", "reply_to", "subject", "content", "attachments",
+        "headers", "send_at", "batch_id", "mail_settings", *_IGNORED,
+    }  # fmt: skip
+    for name in body:
+        if name not in known:
+            raise SubmitError("INVALID_REQUEST", f"unknown field {name}", name)
+    people = body.get("personalizations")
+    if not isinstance(people, list) or not people:
+        raise SubmitError("INVALID_REQUEST", "at least one personalization is required",
+                          "personalizations")  # fmt: skip
+    if len(people) > MAX_PERSONALIZATIONS:
+        raise SubmitError(
+            "TOO_MANY_RECIPIENTS",
+            f"at most {MAX_PERSONALIZATIONS} personalizations",
+            "personalizations",
+        )
+    sender = _address(body.get("from"), "from")
+    reply_to = _address(body["reply_to"], "reply_to") if body.get("reply_to") else None
+    text = html = None
+    for i, part in enumerate(body.get("content") or []):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text/plain":
+            text = str(part.get("value", ""))
+        elif kind == "text/html":
+            html = str(part.get("value", ""))
+        else:
+            raise SubmitError(
+                "INVALID_REQUEST", "content types are text/plain and text/html",
+                f"content[{i}].type",
+            )  # fmt: skip
+    attachments = [
+        {
+            "filename": a.get("filename", f"attachment-{i}"),
+            "content": a.get("content", ""),
+            "contentType": a.get("type") or "application/octet-stream",
+        }
+        for i, a in enumerate(body.get("attachments") or [])
+        if isinstance(a, dict)
+    ]
+    top_due = _send_at(body.get("send_at"), "send_at", now, horizon)
+    out = []
+    for i, p in enumerate(people):
+        if not isinstance(p, dict):
+            raise SubmitError("INVALID_REQUEST", "a personalization is an object",
+                              f"personalizations[{i}]")  # fmt: skip
+        field = f"personalizations[{i}]"
+        to = _addresses(p.get("to"), f"{field}.to")
+        if not to:
+            raise SubmitError("MISSING_RECIPIENT", "at least one to address", f"{field}.to")
+        due = _send_at(p.get("send_at"), f"{field}.send_at", now, horizon)
+        subject = p.get("subject", body.get("subject"))
+        if not subject:
+            raise SubmitError("INVALID_REQUEST", "a subject is required", "subject")
+        try:
+            req = EmailRequest.model_validate(
+                {
+                    "from": sender,
+                    "to": to,
+                    "cc": _addresses(p.get("cc"), f"{field}.cc"),
+                    "bcc": _addresses(p.get("bcc"), f"{field}.bcc"),
+                    "reply_to": reply_to,
+                    "subject": str(subject),
+                    "text": text,
+                    "html": html,
+                    "headers": {**(body.get("headers") or {}), **(p.get("headers") or {})} or None,
+                    "attachments": attachments or None,
+                }
+            )
+        except ValueError as exc:
+            raise SubmitError("INVALID_REQUEST", str(exc).splitlines()[0], field) from exc
+        out.append((req, due if due is not None else top_due))
+    return out
+
+
+def new_batch_id() -> str:
+    """A batch id in SendGrid's style (URL-safe, opaque)."""
+    return secrets.token_urlsafe(36)
+
+
+def sendgrid_router(
+    view: BatchStore,
+    writer: Writer,
+    broadcast: Broadcaster,
+    publisher: Publisher,
+    clock: Clock,
+    lookup: Any,
+) -> APIRouter:
+    """``/v3``: mail send, batch ids, scheduled sends. ``lookup`` is the reference view used
+    by the submit-time checks (domains, suppressions)."""
+    router = APIRouter(prefix="/v3", tags=["sendgrid"])
+
+    def valid_batch(account: AccountState, batch_id: str) -> BatchState | None:
+        batch = view.batch(account.account_id, batch_id)
+        if batch is None or to_datetime(clock.now()) - batch.created_at > BATCH_VALIDITY:
+            return None
+        return batch
+
+    @router.post("/mail/send", status_code=202)
+    async def mail_send(
+        request: Request, authorization: str | None = Header(default=None)
+    ) -> Response:
+        """Send now, or at ``send_at`` (at most 72 h ahead), optionally in a batch."""
+        now = clock.now()
+        try:
+            account = authenticate(view, authorization)
+        except SubmitError as exc:
+            return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
+        try:
+            body = await request.json()
+        except ValueError:
+            return sg_error(400, "the request body is not valid JSON", None, "INVALID_REQUEST")
+        if not isinstance(body, dict):
+            return sg_error(400, "the request body is an object", None, "INVALID_REQUEST")
+        try:
+            scheduled = body.get("send_at") is not None or any(
+                isinstance(p, dict) and p.get("send_at") is not None
+                for p in body.get("personalizations") or []
+            )
+            horizon = horizon_of(account, scheduled, SENDGRID_HORIZON_SECONDS)
+            messages = personalize(body, now, horizon)
+            batch_id = body.get("batch_id")
+            if batch_id is not None and (
+                not isinstance(batch_id, str) or valid_batch(account, batch_id) is None
+            ):
+                raise SubmitError("INVALID_BATCH_ID", "invalid batch id", "batch_id")
+            events = []
+            for req, due in messages:
+                message_id = str(uuid.uuid4())
+                content: MessageContent = compose(req, message_id)
+                check_message(account, content, lookup)
+                events.append(
+                    Scheduled(
+                        occurred_at=to_datetime(now),
+                        account_id=account.account_id,
+                        message_id=message_id,
+                        due_at=due if due is not None else int(now),
+                        submitted_at=to_datetime(now),
+                        source="sendgrid",
+                        batch_id=batch_id,
+                        content=content,
+                    )
+                )
+        except SubmitError as exc:
+            return _from_submit(exc)
+        sandbox = (body.get("mail_settings") or {}).get("sandbox_mode") or {}
+        if isinstance(sandbox, dict) and sandbox.get("enable"):
+            return Response(status_code=200)
+        try:
+            await publisher.publish_many(events)
+        except Exception:
+            return sg_error(503, "could not store the message; retry", None, "BROKER_UNAVAILABLE")
+        count("ingest", "scheduled", len(events))
+        return Response(
+            status_code=202,
+            headers={
+                "X-Message-Id": events[0].message_id,
+                "X-Kairos-Message-Ids": ",".join(e.message_id for e in events),
+            },
+        )
+
+    @router.post("/mail/batch", status_code=201)
+    async def create_batch(authorization: str | None = Header(default=None)) -> JSONResponse:
+        """A new batch id, valid for 10 days."""
+        try:
+            account = authenticate(view, authorization)
+        except SubmitError as exc:
+            return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
+        now = to_datetime(clock.now())
+        batch = BatchState(
+            occurred_at=now,
+            account_id=account.account_id,
+            batch_id=new_batch_id(),
+            created_at=now,
+        )
+        await writer.apply([Record("batches", batch.batch_id, batch)])
+        return JSONResponse({"batch_id": batch.batch_id}, status_code=201)
+
+    @router.get("/mail/batch/{batch_id}")
+    async def validate_batch(
+        batch_id: str, authorization: str | None = Header(default=None)
+    ) -> JSONResponse:
+        """200 with the id if it is a valid batch id of this account, 400 otherwise."""
+        try:
+            account = authenticate(view, authorization)
+        except SubmitError as exc:
+            return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
+        if valid_batch(account, batch_id) is None:
+            return sg_error(400, "invalid batch id", None, "INVALID_BATCH_ID")
+        return JSONResponse({"batch_id": batch_id})
+
+    async def set_status(
+        account: AccountState, batch: BatchState, status: Literal["pause", "cancel"] | None
+    ) -> None:
+        if status is None:
+            await broadcast(account.account_id, batch.batch_id, "resume")
+        else:
+            await broadcast(account.account_id, batch.batch_id, status)
+        now = to_datetime(clock.now())
+        new = batch.model_copy(update={"status": status, "occurred_at": now})
+        await writer.apply([Record("batches", batch.batch_id, new)])
+
+    def parse_status(body: Any) -> Literal["pause", "cancel"]:
+        status = body.get("status") if isinstance(body, dict) else None
+        if status not in ("pause", "cancel"):
+            raise SubmitError("INVALID_REQUEST", "status must be pause or cancel", "status")
+        return "pause" if status == "pause" else "cancel"
+
+    @router.post("/user/scheduled_sends", status_code=201)
+    async def create_scheduled_send(
+        body: dict[str, Any], authorization: str | None = Header(default=None)
+    ) -> JSONResponse:
+        """Pause or cancel every message of a batch."""
+        try:
+            account = authenticate(view, authorization)
+        except SubmitError as exc:
+            return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
+        try:
+            status = parse_status(body)
+            batch_id = body.get("batch_id")
+            batch = valid_batch(account, batch_id) if isinstance(batch_id, str) else None
+            if batch is None:
+                raise SubmitError("INVALID_BATCH_ID", "invalid batch id", "batch_id")
+            if batch.status is not None:
+                raise SubmitError(
+                    "BATCH_STATUS_EXISTS",
+                    f"the batch is already {batch.status}; use PATCH to change it",
+                    "batch_id",
+                )
+            await set_status(account, batch, status)
+        except SubmitError as exc:
+            return _from_submit(exc)
+        return JSONResponse({"batch_id": batch.batch_id, "status": status}, status_code=201)
+
+    @router.get("/user/scheduled_sends")
+    async def list_scheduled_sends(
+        authorization: str | None = Header(default=None),
+    ) -> JSONResponse:
+        """Every batch of the account with a pause or cancel status."""
+        try:
+            account = authenticate(view, authorization)
+        except SubmitError as exc:
+            return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
+        batches: dict[str, BatchState] = getattr(view, "batches", {})
+        return JSONResponse(
+            [
+                {"batch_id": b.batch_id, "status": b.status}
+                for b in sorted(batches.values(), key=lambda b: b.created_at)
+                if b.account_id == account.account_id and b.status is not None
+            ]
+        )
+
+    async def with_status(
+        batch_id: str, authorization: str | None
+    ) -> tuple[AccountState, BatchState]:
+        account = authenticate(view, authorization)
+        batch = view.batch(account.account_id, batch_id)
+        if batch is None or batch.status is None:
+            raise SubmitError("NOT_FOUND", "no scheduled send for this batch id", None, 404)
+        return account, batch
+
+    @router.get("/user/scheduled_sends/{batch_id}")
+    async def get_scheduled_send(
+        batch_id: str, authorization: str | None = Header(default=None)
+    ) -> JSONResponse:
+        try:
+            _, batch = await with_status(batch_id, authorization)
+        except SubmitError as exc:
+            return _from_submit(exc)
+        return JSONResponse([{"batch_id": batch.batch_id, "status": batch.status}])
+
+    @router.patch("/user/scheduled_sends/{batch_id}")
+    async def update_scheduled_send(
+        batch_id: str, body: dict[str, Any], authorization: str | None = Header(default=None)
+    ) -> Response:
+        """Switch a batch between pause and cancel (a cancelled batch stays cancelled)."""
+        try:
+            account, batch = await with_status(batch_id, authorization)
+            status = parse_status(body)
+            if batch.status == "cancel" and status == "pause":
+                raise SubmitError("BATCH_CANCELLED", "a cancelled batch cannot be paused", "status")
+            if status != batch.status:
+                await set_status(account, batch, status)
+        except SubmitError as exc:
+            return _from_submit(exc)
+        return Response(status_code=204)
+
+    @router.delete("/user/scheduled_sends/{batch_id}")
+    async def delete_scheduled_send(
+        batch_id: str, authorization: str | None = Header(default=None)
+    ) -> Response:
+        """Remove a pause: the batch's messages go out at their times (at once if passed)."""
+        try:
+            account, batch = await with_status(batch_id, authorization)
+            if batch.status == "cancel":
+                raise SubmitError(
+                    "BATCH_CANCELLED",
+                    "a cancelled batch stays cancelled: its messages were cancelled when the "
+                    "cancel was set",
+                    "batch_id",
+                )
+            await set_status(account, batch, None)
+        except SubmitError as exc:
+            return _from_submit(exc)
+        return Response(status_code=204)
+
+    return router
+
+
+_AUTH_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"

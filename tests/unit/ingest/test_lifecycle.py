@@ -1,0 +1,170 @@
+"""The lifecycle projection's fold (pure: SQLite in memory, no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from services.ingest.lifecycle import LifecycleStore, Record, decode_cursor, encode_cursor
+
+A, B = "acct-a", "acct-b"
+
+
+class Log:
+    """Feeds a store one event at a time, with per-topic offsets."""
+
+    def __init__(self) -> None:
+        self.store = LifecycleStore(":memory:")
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def feed(self, topic: str, event: dict[str, Any], partition: int = 0) -> None:
+        offset = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = offset + 1
+        self.store.apply([Record(topic, partition, offset, orjson.dumps(event))])
+
+    def scheduled(self, mid: str, due: int, account: str = A, **extra: Any) -> None:
+        self.feed(
+            "schedule",
+            {
+                "type": "scheduled",
+                "occurred_at": "2026-11-24T00:00:00Z",
+                "account_id": account,
+                "message_id": mid,
+                "due_at": due,
+                "submitted_at": "2026-11-24T00:00:00Z",
+                "source": extra.pop("source", "http"),
+                "attempt": extra.pop("attempt", 1),
+                "content": {
+                    "mail_from": "a@example.com",
+                    "rcpt_to": ["u@example.org"],
+                    "from_domain": "example.com",
+                    "mime": f"Subject: hello {mid}\r\n\r\nbody",
+                    "size": 10,
+                },
+                **extra,
+            },
+        )
+
+    def event(self, topic: str, kind: str, mid: str, account: str = A, **extra: Any) -> None:
+        self.feed(
+            topic,
+            {
+                "type": kind,
+                "occurred_at": "2026-11-24T00:00:01Z",
+                "account_id": account,
+                "message_id": mid,
+                **extra,
+            },
+        )
+
+    def status(self, mid: str, account: str = A) -> str | None:
+        got = self.store.get(account, mid)
+        return None if got is None else str(got["status"])
+
+
+def test_a_message_goes_from_scheduled_to_delivered_with_its_timeline() -> None:
+    log = Log()
+    log.scheduled("m1", 100)
+    assert log.status("m1") == "scheduled"
+    log.event("due", "due", "m1", attempt=1, due_at=100, lateness_ms=12)
+    assert log.status("m1") == "due"
+    log.event("outcomes", "delivered", "m1", attempt=1, due_at=100, smtp_code=250)
+    got = log.store.get(A, "m1")
+    assert got is not None
+    assert got["status"] == "delivered" and got["subject"] == "hello m1"
+    assert [e["type"] for e in got["timeline"]] == ["scheduled", "due", "delivered"]
+    assert got["timeline"][1]["lateness_ms"] == 12
+    assert "mime" not in orjson.dumps(got).decode()
+
+
+def test_another_account_sees_nothing() -> None:
+    log = Log()
+    log.scheduled("m1", 100)
+    assert log.store.get(B, "m1") is None
+    assert log.store.list(B) == []
+    log.event("outcomes", "cancelled", "m1", account=B, attempt=1, due_at=100, scope="message")
+    assert log.status("m1") == "scheduled"  # an event naming another account changes nothing
+
+
+def test_an_outcome_read_before_its_submission_keeps_the_later_status() -> None:
+    log = Log()
+    log.event("outcomes", "delivered", "m1", attempt=1, due_at=100)
+    log.event("due", "due", "m1", attempt=1, due_at=100)
+    log.scheduled("m1", 100, batch_id="b1")
+    got = log.store.get(A, "m1")
+    assert got is not None
+    assert got["status"] == "delivered" and got["batch_id"] == "b1"
+
+
+def test_pause_resume_reschedule_change_only_a_pending_message() -> None:
+    log = Log()
+    log.scheduled("m1", 100)
+    log.event("schedule", "pause", "m1")
+    assert log.status("m1") == "paused"
+    log.event("schedule", "reschedule", "m1", due_at=200)
+    log.event("schedule", "resume", "m1")
+    got = log.store.get(A, "m1")
+    assert got is not None and (got["status"], got["scheduled_at"]) == ("scheduled", 200)
+    log.event("due", "due", "m1", attempt=1, due_at=200)
+    log.event("schedule", "pause", "m1")
+    log.event("outcomes", "rejected", "m1", command="pause", reason="not_pending")
+    assert log.status("m1") == "due"
+
+
+def test_a_retry_is_deferred_until_its_attempt_is_due() -> None:
+    log = Log()
+    log.scheduled("m1", 100)
+    log.event("due", "due", "m1", attempt=1, due_at=100)
+    log.scheduled("m1", 160, source="retry", attempt=2)
+    log.event("outcomes", "deferred", "m1", attempt=1, due_at=100, retry_at=160, text="4.2.1")
+    got = log.store.get(A, "m1")
+    assert got is not None and (got["status"], got["attempt"]) == ("deferred", 2)
+    log.event("due", "due", "m1", attempt=2, due_at=160)
+    log.event("outcomes", "failed", "m1", attempt=2, due_at=160, stage="delivery", reason="x")
+    assert log.status("m1") == "failed"
+
+
+def test_batch_pause_applies_per_partition_and_to_later_members() -> None:
+    log = Log()
+    log.scheduled("m1", 100, batch_id="b")
+    batch = {"type": "batch", "occurred_at": "x", "account_id": A, "batch_id": "b"}
+    log.feed("schedule", {**batch, "action": "pause", "partition": 1}, partition=1)
+    assert log.status("m1") == "scheduled"  # m1 lives on partition 0
+    log.feed("schedule", {**batch, "action": "pause", "partition": 0})
+    assert log.status("m1") == "paused"
+    log.scheduled("m2", 100, batch_id="b")
+    assert log.status("m2") == "paused"
+    log.event("schedule", "pause", "m1")
+    log.feed("schedule", {**batch, "action": "resume", "partition": 0})
+    assert (log.status("m1"), log.status("m2")) == ("paused", "scheduled")
+
+
+def test_list_is_ordered_by_due_second_and_pages_with_a_cursor() -> None:
+    log = Log()
+    for i in range(5):
+        log.scheduled(f"m{i}", 100 + (4 - i))
+    log.scheduled("other", 50, account=B)
+    log.event("outcomes", "cancelled", "m0", attempt=1, due_at=104, scope="message")
+    page = log.store.list(A, limit=2)
+    assert [m["id"] for m in page] == ["m4", "m3"]
+    cursor = decode_cursor(encode_cursor(page[-1]["scheduled_at"], page[-1]["id"]))
+    rest = log.store.list(A, limit=10, after=cursor)
+    assert [m["id"] for m in rest] == ["m2", "m1"]
+    assert [m["id"] for m in log.store.list(A, ["cancelled"])] == ["m0"]
+    assert [m["id"] for m in log.store.list(A, due_from=101, due_to=102)] == ["m3", "m2"]
+
+
+def test_offsets_survive_a_reopen(tmp_path: Any) -> None:
+    path = tmp_path / "p.sqlite3"
+    store = LifecycleStore(path)
+    store.apply([Record("due", 3, 41, None), Record("due", 3, 42, b"not json")])
+    store.close()
+    again = LifecycleStore(path)
+    assert again.offsets() == {("due", 3): 43}
+
+
+def test_a_bad_cursor_is_refused() -> None:
+    with pytest.raises(ValueError):
+        decode_cursor("bm90IGEgY3Vyc29y")

@@ -5,6 +5,7 @@ scheduled sends); and tenancy (another account's ids are not found)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from python_http_client.exceptions import BadRequestsError, HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import BatchId, Mail, SendAt
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, free_port
 from tests.integration.test_pipeline import body, wait_for_eml
 
 pytestmark = pytest.mark.kafka
@@ -258,3 +259,49 @@ async def test_the_sendgrid_library_pauses_resumes_and_cancels_batches(
     with pytest.raises(BadRequestsError) as bad:
         await call(sg.send, _mail(["x@example.org"], "no batch", due + 60, "not-a-batch"))
     assert json.loads(bad.value.body)["errors"][0]["field"] == "batch_id"
+
+
+async def test_the_projection_is_shared_by_replicas_and_survives_a_restart(
+    stack: Stack,
+) -> None:
+    """Two ingest replicas, each with its own projection: a message submitted to one is
+    visible on the other; a restarted replica resumes from its stored offsets."""
+    stack.start("sink", "ingest", "timer", "validator", "sender")
+    port2 = free_port()
+    stack.start_as(
+        "ingest2",
+        "ingest",
+        env={"KAIROS_HTTP_PORT": str(port2), "KAIROS_SMTP_PORT": str(free_port())},
+        wait=False,
+    )
+    _account, key = stack.create_account("replicas")
+    auth = {"Authorization": f"Bearer {key}"}
+    second = f"http://127.0.0.1:{port2}"
+    async with (
+        httpx.AsyncClient(base_url=stack.http, headers=auth, timeout=30) as one,
+        httpx.AsyncClient(base_url=second, headers=auth, timeout=30) as two,
+    ):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await two.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.2)
+        mid = await one.post("/email", json=body("replicated", scheduledAt=int(time.time()) + 3))
+        message_id = mid.json()["id"]
+        await status_becomes(two, message_id, "scheduled", timeout=5)
+        r = await two.post(f"/email/{message_id}/pause")
+        assert (r.status_code, r.json()["status"]) == (200, "paused")
+        await status_becomes(one, message_id, "paused", timeout=5)
+        stack.stop("ingest")
+        db = stack.settings.state_dir / f"lifecycle-{stack.settings.http_port}.sqlite3"
+        assert db.exists()
+        stack.start("ingest")
+        got = await status_becomes(one, message_id, "paused", timeout=10)
+        assert [e["type"] for e in got["timeline"]] == ["scheduled", "pause"]
+        await one.post(f"/email/{message_id}/resume")
+        await status_becomes(two, message_id, "delivered")
+        got = (await one.get(f"/email/{message_id}")).json()
+        assert [e["type"] for e in got["timeline"]] == [
+            "scheduled", "pause", "resume", "due", "delivered"
+        ]  # fmt: skip

@@ -19,7 +19,8 @@ from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
 from kairos.metrics import REJECTED, count
 from kairos.refdata.admin import install_error_handler
-from schemas.events import MessageEvent, Scheduled
+from schemas.codec import encode
+from schemas.events import CancelRequested, MessageEvent, Scheduled
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
 from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
@@ -277,28 +278,21 @@ class KafkaPublisher:
     def __init__(self, producer: Any, topic: str, timeout: float = 10.0) -> None:
         self.producer, self.topic, self.timeout = producer, topic, timeout
         self.started = False
+        self._withdrawals: set[asyncio.Task[Any]] = set()
 
     async def publish(self, event: Scheduled) -> None:
-        from aiokafka.errors import KafkaError
-
-        from schemas.codec import encode
-
-        try:
-            await asyncio.wait_for(
-                self.producer.send_and_wait(
-                    self.topic, encode(event), key=event.message_id.encode()
-                ),
-                self.timeout,
-            )
-        except (KafkaError, TimeoutError) as exc:
-            raise PublishError(str(exc) or type(exc).__name__) from exc
+        await self.publish_many([event])
 
     async def publish_many(self, events: Sequence[MessageEvent]) -> None:
         """Publish several events (each keyed by its message id) and wait for every
-        acknowledgement; PublishError if any is not durable."""
-        from aiokafka.errors import KafkaError
+        acknowledgement; PublishError if any is not durable in time.
 
-        from schemas.codec import encode
+        A timeout is not a no: the producer may still write an event once the broker is back.
+        So a submission that was refused is also withdrawn: a cancel is queued behind each
+        ``scheduled`` event, on the same partition of the same idempotent producer, so a late
+        write is cancelled by the timer rather than delivered (and a cancel for a message that
+        never arrived is recorded as rejected)."""
+        from aiokafka.errors import KafkaError
 
         async def send_all() -> None:
             futures = [
@@ -310,7 +304,19 @@ class KafkaPublisher:
         try:
             await asyncio.wait_for(send_all(), self.timeout)
         except (KafkaError, TimeoutError) as exc:
+            self._withdraw([e for e in events if isinstance(e, Scheduled)])
             raise PublishError(str(exc) or type(exc).__name__) from exc
+
+    def _withdraw(self, events: Sequence[Scheduled]) -> None:
+        for e in events:
+            cancel = CancelRequested(
+                occurred_at=e.occurred_at, account_id=e.account_id, message_id=e.message_id
+            )
+            task = asyncio.create_task(
+                self.producer.send(self.topic, encode(cancel), key=e.message_id.encode())
+            )
+            self._withdrawals.add(task)
+            task.add_done_callback(self._withdrawals.discard)
 
     async def command(self, event: MessageEvent) -> None:
         """Publish a lifecycle command into the schedule stream, durably."""

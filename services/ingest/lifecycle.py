@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -121,20 +122,27 @@ class Record:
     value: bytes | None
 
 
+_SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
 def _subject(content: dict[str, Any]) -> str | None:
     """The Subject header of a message's content (for listings), decoded."""
-    raw: bytes
+    mime = content.get("mime", "")
     if content.get("mime_encoding") == "base64":
-        raw = base64.b64decode(content.get("mime", ""))[:16384]
+        head = base64.b64decode(str(mime)[:24000])
     else:
-        raw = str(content.get("mime", ""))[:16384].encode("utf-8", "replace")
-    from email.parser import BytesHeaderParser
-    from email.policy import default
+        head = str(mime)[:16384].encode("utf-8", "replace")
+    end = head.find(b"\r\n\r\n")
+    match = _SUBJECT.search(head if end < 0 else head[: end + 2])
+    if match is None:
+        return None
+    value = re.sub(rb"\r?\n[ \t]", b" ", match.group(1)).strip().decode("utf-8", "replace")
+    if "=?" in value:
+        from email.header import decode_header, make_header
 
-    with contextlib.suppress(Exception):
-        value = BytesHeaderParser(policy=default).parsebytes(raw).get("Subject")
-        return str(value) if value is not None else None
-    return None
+        with contextlib.suppress(Exception):
+            return str(make_header(decode_header(value)))
+    return value
 
 
 class LifecycleStore:

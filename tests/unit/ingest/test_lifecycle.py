@@ -168,3 +168,15 @@ def test_offsets_survive_a_reopen(tmp_path: Any) -> None:
 def test_a_bad_cursor_is_refused() -> None:
     with pytest.raises(ValueError):
         decode_cursor("bm90IGEgY3Vyc29y")
+
+
+def test_the_subject_is_read_from_the_header_block_only() -> None:
+    import base64
+
+    from services.ingest.lifecycle import _subject
+
+    folded = "From: a\r\nSubject: =?utf-8?q?h=C3=A9llo?=\r\n wrapped\r\n\r\nSubject: body"
+    assert _subject({"mime": folded}) == "héllo wrapped"
+    raw = base64.b64encode(b"Subject: b64\r\n\r\nx").decode()
+    assert _subject({"mime": raw, "mime_encoding": "base64"}) == "b64"
+    assert _subject({"mime": "X: y\r\n\r\nSubject: not a header"}) is None

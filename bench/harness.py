@@ -1,9 +1,14 @@
-"""Running the pipeline as users do (one process per service) and watching its topics."""
+"""Running the pipeline as users do (one process per service) and watching its topics.
+
+Every process the bench starts dies with it (``PR_SET_PDEATHSIG``): a bench that is killed
+leaves no service behind spinning against a broker that may be gone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -11,24 +16,75 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
+import orjson
 from aiokafka.structs import TopicPartition
 
-from kairos.kafka.clients import make_consumer
+from kairos.kafka.clients import make_admin, make_consumer
 from kairos.kafka.topics import apply_topics
 from kairos.settings import KairosSettings
 
 ADMIN_TOKEN = "adm_bench"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(
+    args: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a child process that is killed when the bench exits, however it exits."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        list(args),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def rss_of(pid: int) -> int:
+    """Resident set size of a process, in bytes (Linux ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 when it does not exist)."""
+    total = 0
+    for f in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file():
+                total += f.stat().st_size
+    return total
 
 
 class CountingSink:
@@ -39,15 +95,8 @@ class CountingSink:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.sink", str(self.port), str(self.file)]
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("the bench sink did not start")
+        self.proc = spawn([sys.executable, "-m", "bench.sink", str(self.port), str(self.file)])
+        wait_port(self.port)
 
     @property
     def count(self) -> int:
@@ -60,20 +109,20 @@ class CountingSink:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
+            self.proc = None
 
 
 @dataclass
 class Pipeline:
-    """One isolated pipeline: its own topic prefix, groups, ports and state."""
+    """One isolated pipeline: its own topic prefix, consumer groups, ports and state dir."""
 
     bootstrap: str
     partitions: int
+    prefix: str
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kairos-bench-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.prefix = f"b{uuid.uuid4().hex[:8]}."
         self.ports = {
             s: free_port() for s in ("ingest", "smtp", "timer", "validator", "sender", "sink")
         }
@@ -102,26 +151,31 @@ class Pipeline:
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
 
+    @property
+    def timer_state_dir(self) -> Path:
+        return self.base / "state" / "timer"
+
     async def prepare(self) -> None:
+        """Create this pipeline's topics and start its SMTP sink."""
         await apply_topics(self.settings, self.bootstrap)
         self.sink.start()
 
     def start(self, *services: str) -> None:
+        """Start services, each as ``python -m kairos.cli run <service>``; wait until healthy."""
         for service in services:
             env = dict(self.env)
             if service != "ingest":
                 env["KAIROS_HEALTH_PORT"] = str(self.ports[service])
-            log = open(self.base / f"{service}.log", "ab")  # noqa: SIM115
-            self.procs[service] = subprocess.Popen(
+            self.procs[service] = spawn(
                 [sys.executable, "-m", "kairos.cli", "run", service],
                 env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                log=self.base / f"{service}.log",
             )
         for service in services:
             self.wait_healthy(service)
 
-    def wait_healthy(self, service: str, timeout: float = 600) -> float:
+    def wait_healthy(self, service: str, timeout: float = 300) -> float:
+        """Seconds until ``/healthz`` of ``service`` answers 200."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if self.procs[service].poll() is not None:
@@ -130,19 +184,20 @@ class Pipeline:
                 r = httpx.get(f"http://127.0.0.1:{self.ports[service]}/healthz", timeout=2)
                 if r.status_code == 200:
                     return time.monotonic() - started
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise RuntimeError(f"{service} not healthy after {timeout}s")
 
     def kill(self, service: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(service)
         proc.send_signal(sig)
         try:
-            proc.wait(30)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
     def create_account(self) -> tuple[str, str]:
+        """A pro account with a verified domain ``bench.test``: (account id, API key)."""
         r = httpx.post(
             f"http://127.0.0.1:{self.ports['ingest']}/admin/accounts",
             timeout=30,
@@ -153,11 +208,7 @@ class Pipeline:
         return r.json()["account_id"], r.json()["api_key"]
 
     def rss(self, service: str) -> int:
-        pid = self.procs[service].pid
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_of(self.procs[service].pid)
 
     def stop(self) -> None:
         for service in list(self.procs):
@@ -165,12 +216,90 @@ class Pipeline:
         self.sink.stop()
 
 
-class TopicWatch:
-    """Consumes a topic from the beginning in the background: (receive time, value)."""
+async def group_lag(bootstrap: str, group: str, topic: str) -> tuple[int, dict[int, int]]:
+    """(total lag, committed offset per partition) of consumer group ``group`` on ``topic``."""
+    admin = make_admin(bootstrap)
+    consumer = make_consumer(bootstrap, None)
+    await admin.start()
+    await consumer.start()
+    await asyncio.sleep(0)
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        ends = await consumer.end_offsets(tps)
+        done = {tp.partition: committed[tp].offset if tp in committed else 0 for tp in tps}
+        return sum(ends[tp] - done[tp.partition] for tp in tps), done
+    finally:
+        await consumer.stop()
+        await admin.close()
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.records: list[tuple[float, bytes]] = []
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = make_consumer(bootstrap, None)
+    await consumer.start()
+    await asyncio.sleep(0)
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+async def wait_consumed(
+    bootstrap: str, group: str, topic: str, ends: dict[int, int], deadline: float
+) -> float | None:
+    """Wait until ``group`` has committed at least ``ends`` on every partition of ``topic``;
+    the wall-clock time it was seen (None when ``deadline``, a monotonic time, came first)."""
+    while time.monotonic() < deadline:
+        _, done = await group_lag(bootstrap, group, topic)
+        if all(done.get(p, 0) >= off for p, off in ends.items()):
+            return time.time()
+        await asyncio.sleep(0.5)
+    return None
+
+
+class Seen(NamedTuple):
+    """One event as the bench saw it: when it arrived and what it says about time."""
+
+    received: float  # wall-clock time the bench's consumer got it
+    message_id: str
+    type: str
+    due_at: int
+    at: float | None  # Due: emitted_at; Delivered: delivered_at; otherwise None
+    reason: str | None  # Failed: its reason code
+
+
+def _stamp(value: Any) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else None
+
+
+def parse_event(received: float, key: bytes | None, value: bytes) -> Seen:
+    d = orjson.loads(value)
+    kind = d.get("type", "")
+    at = _stamp(d.get("emitted_at") if kind == "due" else d.get("delivered_at"))
+    return Seen(received, d.get("message_id", ""), kind, d.get("due_at", 0), at, d.get("reason"))
+
+
+class TopicWatch:
+    """Consumes a topic from the beginning in the background and keeps, decoded, the events
+    whose message id starts with ``prefix`` (so waiting for a count costs nothing)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        prefix: str = "",
+        parse: Callable[[float, bytes | None, bytes], Any] = parse_event,
+    ) -> None:
+        self.bootstrap, self.topic, self.prefix, self.parse = bootstrap, topic, prefix, parse
+        self.seen: list[Any] = []
+        #: events seen by type (for parse_event's Seen)
+        self.counts: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -184,27 +313,66 @@ class TopicWatch:
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        marker = self.prefix.encode()
 
         async def run() -> None:
             try:
                 while True:
-                    batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                    batch = await consumer.getmany(timeout_ms=50, max_records=10_000)
                     now = time.time()
                     for records in batch.values():
-                        self.records.extend((now, r.value) for r in records)
+                        for r in records:
+                            if r.key is None or r.key.startswith(marker):
+                                item = self.parse(now, r.key, r.value)
+                                self.seen.append(item)
+                                self.counts[getattr(item, "type", "")] += 1
             finally:
                 await consumer.stop()
 
         self._task = asyncio.create_task(run())
 
-    async def wait(self, count: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while len(self.records) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        return len(self.records) >= count
+    def terminal(self) -> int:
+        """Outcomes that end a message's story (delivered or failed) seen so far."""
+        return self.counts["delivered"] + self.counts["failed"]
+
+    @staticmethod
+    async def until(done: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``done()`` or the monotonic ``deadline``; whether it was done."""
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            await asyncio.sleep(0.05)
+        return done()
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+@contextlib.asynccontextmanager
+async def running(
+    bootstrap: str, partitions: int, prefix: str, *services: str
+) -> AsyncIterator[Pipeline]:
+    """A fresh pipeline with ``services`` running; stopped on the way out."""
+    p = Pipeline(bootstrap, partitions, prefix)
+    await p.prepare()
+    try:
+        p.start(*services)
+        yield p
+    finally:
+        p.stop()
+
+
+async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> int:
+    """Delete every topic whose name starts with one of ``prefixes``; how many there were."""
+    admin = make_admin(bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        for i in range(0, len(names), 50):
+            await admin.delete_topics(names[i : i + 50])
+        return len(names)
+    finally:
+        await admin.close()

@@ -57,6 +57,23 @@ class KairosSettings(BaseSettings):
     )
     smtp_tls_cert: Path | None = Field(default=None, description="Certificate for STARTTLS.")
     smtp_tls_key: Path | None = Field(default=None, description="Private key for STARTTLS.")
+    scan_clamd: str | None = Field(
+        default=None,
+        description="clamd to scan submissions with (tcp://host:3310 or unix:///path); "
+        "unset: no virus scanning.",
+    )
+    scan_spamd: str | None = Field(
+        default=None, description="spamd to scan submissions with (host:783); unset: none."
+    )
+    scan_spam_threshold: float | None = Field(
+        default=None, description="Spam score refused at or above. Unset: spamd's own verdict."
+    )
+    scan_timeout: float = Field(default=30.0, gt=0, description="Seconds for each scan.")
+    scan_fail_open: bool = Field(
+        default=False,
+        description="Accept a message unscanned when a scanner is unavailable (default: "
+        "refuse it as transient, 503 / 451 4.7.0).",
+    )
     lifecycle_db: Path | None = Field(
         default=None,
         description="SQLite file of the ingest's lifecycle projection (message status and "

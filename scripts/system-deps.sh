@@ -8,6 +8,8 @@ wanted=(
   "postfix:/usr/sbin/postfix"
   "kubectl:kubectl"
   "swaks:swaks"
+  "clamav-daemon:/usr/sbin/clamd"
+  "spamd:/usr/sbin/spamd"
 )
 missing=()
 for item in "${wanted[@]}"; do

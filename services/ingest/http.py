@@ -25,6 +25,7 @@ from schemas.reference import AccountState, BatchState, DomainState, Suppression
 from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog, body_digest
+from services.ingest.scanners import Scanning
 from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, resolve_scheduled_at
 
 log = get_logger("kairos.ingest")
@@ -110,6 +111,7 @@ def create_app(
     admin: APIRouter | None = None,
     idempotency: IdempotencyLog | None = None,
     routers: Sequence[APIRouter] = (),
+    scanning: Scanning | None = None,
 ) -> FastAPI:
     """The ingest HTTP application: the public API (Bearer API key) and, when given, the
     admin API."""
@@ -244,6 +246,8 @@ def create_app(
             raise SubmitError(exc.code, exc.message, exc.field) from exc
         content = compose(req, message_id)
         check_message(account, content, view)
+        if scanning is not None:
+            await scanning.check(content.raw())
         event = Scheduled(
             occurred_at=to_datetime(now),
             account_id=account.account_id,

@@ -31,6 +31,7 @@ from schemas.reference import AccountState, BatchState
 from services.ingest.checks import check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, compose
 from services.ingest.manage import authenticate
+from services.ingest.scanners import Scanning
 from services.ingest.schedule import ScheduleError, check_window
 
 #: SendGrid's scheduling limit on this API.
@@ -208,6 +209,7 @@ def sendgrid_router(
     publisher: Publisher,
     clock: Clock,
     lookup: Any,
+    scanning: Scanning | None = None,
 ) -> APIRouter:
     """``/v3``: mail send, batch ids, scheduled sends. ``lookup`` is the reference view used
     by the submit-time checks (domains, suppressions)."""
@@ -252,6 +254,8 @@ def sendgrid_router(
                 message_id = str(uuid.uuid4())
                 content: MessageContent = compose(req, message_id)
                 check_message(account, content, lookup)
+                if scanning is not None:
+                    await scanning.check(content.raw())
                 events.append(
                     Scheduled(
                         occurred_at=to_datetime(now),

@@ -22,6 +22,7 @@ from services.ingest.http import KafkaPublisher, create_app
 from services.ingest.idempotency import IdempotencyLog
 from services.ingest.lifecycle import LifecycleProjection
 from services.ingest.manage import manage_router
+from services.ingest.scanners import scanning_from
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory
 
@@ -58,11 +59,12 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     ) -> None:
         await broadcast_batch_command(producer, settings, account_id, batch_id, action, clock.now())
 
+    scanning = scanning_from(settings)
     routers = [
         manage_router(view, projection, publisher, clock),
-        sendgrid_router(view, writer, broadcast, publisher, clock, view),
+        sendgrid_router(view, writer, broadcast, publisher, clock, view, scanning),
     ]
-    app = create_app(publisher, clock, view, admin, idempotency, routers)
+    app = create_app(publisher, clock, view, admin, idempotency, routers, scanning)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -79,7 +81,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     publisher.started = True
     smtp_server = None
     if settings.smtp_port:
-        handler = SubmissionHandler(view, publisher, clock, idempotency)
+        handler = SubmissionHandler(view, publisher, clock, idempotency, scanning)
         smtp_server = await asyncio.get_running_loop().create_server(
             server_factory(settings, handler), settings.smtp_host, settings.smtp_port
         )

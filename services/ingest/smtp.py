@@ -31,6 +31,7 @@ from services.ingest.checks import HARD_CAP_BYTES, check_account, check_message,
 from services.ingest.compose import SubmitError
 from services.ingest.http import AccountLookup, Publisher, PublishError
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
+from services.ingest.scanners import Scanning
 from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, check_window, parse_time
 
 log = get_logger("kairos.ingest.smtp")
@@ -54,6 +55,9 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
     "INVALID_SMTPAPI": (554, "5.5.4"),
     "INVALID_BATCH_ID": (554, "5.5.4"),
+    "MESSAGE_INFECTED": (554, "5.7.1"),
+    "MESSAGE_SPAM": (550, "5.7.1"),
+    "SCANNER_UNAVAILABLE": (451, "4.7.0"),
     "BROKER_UNAVAILABLE": (451, "4.3.0"),
 }
 
@@ -150,6 +154,7 @@ class SubmissionHandler:
         publisher: Publisher,
         clock: Clock,
         idempotency: IdempotencyLog | None,
+        scanning: Scanning | None = None,
     ) -> None:
         self.view, self.publisher, self.clock, self.idempotency = (
             view,
@@ -157,6 +162,7 @@ class SubmissionHandler:
             clock,
             idempotency,
         )
+        self.scanning = scanning
 
     def authenticate(
         self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
@@ -249,6 +255,8 @@ class SubmissionHandler:
             )
         for content in contents:
             check_message(account, content, self.view)
+        if self.scanning is not None:
+            await self.scanning.check(clean)
         ids = [first_id, *(str(uuid.uuid4()) for _ in plan.messages[1:])]
         try:
             for mid, content, (_rcpts, due) in zip(ids, contents, plan.messages, strict=True):

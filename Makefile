@@ -47,7 +47,7 @@ schemas: install
 
 ## bench: benchmarks against the raw broker (not part of make test); docs/bench.md
 bench: install
-	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@$(BIN)/python -c 'import matplotlib, aiohttp' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@bash scripts/with-broker.sh $(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick:

@@ -10,10 +10,13 @@ but never loses.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
+import orjson
+from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
@@ -34,14 +37,19 @@ from schemas.events import (
     Scheduled,
     ScheduleStreamEvent,
     Tick,
+    new_event_id,
 )
 from schemas.registry import MAX_MESSAGE_BYTES, topic_spec
+from services.timer.buffered import Buffered
 from services.timer.state import Fire, TimerState
 
 log = get_logger("kairos.timer")
 
 #: most due events published before waiting for their acknowledgement
 EMIT_CHUNK = 2000
+#: schedule-stream events folded together (and the longest wait to fill a batch)
+BATCH = 1000
+BATCH_WITHIN = 0.01
 
 
 class Timer:
@@ -160,15 +168,34 @@ class Timer:
     # -- the agent -----------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
-        async for event in stream.events():
+        """Takes the stream in batches (acknowledged by faust once the batch is handled) and
+        folds each batch into a write-back cache of the tables, written once per changed key
+        at the end: far fewer table writes and changelog records than one per event."""
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+            await self.handle_batch(events)
+
+    async def handle_batch(self, events: list[Any]) -> None:
+        states: dict[int, tuple[TimerState, Buffered, Buffered, Any]] = {}
+        for event in events:
             partition = event.message.partition
-            state = TimerState(self.pending, self.index, partition)
+            # faust routes table reads and writes to the partition of the "current event";
+            # set it in this task's context only (the stream's own attribute belongs to the
+            # task filling the batch)
+            _current_event.set(weakref.ref(event))
+            if partition not in states:
+                pending, index = Buffered(self.pending), Buffered(self.index)
+                states[partition] = (TimerState(pending, index, partition), pending, index, event)
+            state = states[partition][0]
             try:
                 ev: Any = decode_as(event.value, ScheduleStreamEvent)
             except ValueError as exc:
                 log.error("poison message skipped", partition=partition, error=str(exc)[:200])
                 continue
             await self.handle(state, ev, event.value)
+        for _state, pending, index, first in states.values():
+            _current_event.set(weakref.ref(first))
+            pending.flush()
+            index.flush()
 
     async def handle(self, state: TimerState, ev: Any, raw: bytes) -> None:
         """Apply one schedule-stream event to one partition's state. Whatever it fires is
@@ -222,20 +249,46 @@ class Timer:
     async def _publish(self, fires: Iterable[Fire], now: float) -> None:
         futures = []
         for fire in fires:
-            event = fire_event(fire, now)
-            topic = self.due_topic if isinstance(event, Due) else self.outcomes_topic
-            futures.append(
-                await topic.send(key=fire.message_id.encode(), value=encode(event), force=True)
-            )
-            count("timer", "expired" if fire.kind == "expired" else event.type)
-            if isinstance(event, Due):
+            if fire.kind == "due":
+                value, lateness_ms = due_bytes(fire, now)
+                topic, kind = self.due_topic, "due"
                 self.emitted += 1
-                LATENESS.labels("due").observe(event.lateness_ms / 1000)
+                LATENESS.labels("due").observe(lateness_ms / 1000)
+            else:
+                event = fire_event(fire, now)
+                value, topic, kind = encode(event), self.outcomes_topic, event.type
+            futures.append(await topic.send(key=fire.message_id.encode(), value=value, force=True))
+            count("timer", "expired" if fire.kind == "expired" else kind)
             if len(futures) >= EMIT_CHUNK:
                 await asyncio.gather(*futures)
                 futures.clear()
         if futures:
             await asyncio.gather(*futures)
+
+
+def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:
+    """The encoded :class:`Due` event of a fire, and its lateness in ms: built from the stored
+    scheduled event (validated when it was taken in) without a model round trip, the hot path
+    of a burst. Equal to ``encode(fire_event(fire, now))`` but for the event id (tested)."""
+    sched = orjson.loads(fire.entry.scheduled)
+    at = to_datetime(now)
+    lateness_ms = max(0, round((now - fire.entry.due) * 1000))
+    event = {
+        "event_id": new_event_id(),
+        "type": "due",
+        "schema_version": 1,
+        "occurred_at": at,
+        "account_id": sched["account_id"],
+        "message_id": fire.message_id,
+        "due_at": fire.entry.due,
+        "attempt": fire.entry.attempt,
+        "batch_id": sched.get("batch_id"),
+        "submitted_at": sched["submitted_at"],
+        "emitted_at": at,
+        "lateness_ms": lateness_ms,
+        "content": sched["content"],
+    }
+    return orjson.dumps(event, option=orjson.OPT_UTC_Z), lateness_ms
 
 
 def fire_event(fire: Fire, now: float) -> Due | Failed | Cancelled:

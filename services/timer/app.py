@@ -16,10 +16,12 @@ from typing import Any, cast
 
 import faust
 import orjson
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
+from kairos.kafka.clients import make_producer
 from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count
 from kairos.settings import KairosSettings
@@ -94,12 +96,6 @@ class Timer:
             value_type=bytes,
             **raw,
         )
-        self.due_topic = self.app.topic(
-            settings.topic("due"), key_type=bytes, value_type=bytes, **raw
-        )
-        self.outcomes_topic = self.app.topic(
-            settings.topic("outcomes"), key_type=bytes, value_type=bytes, **raw
-        )
         self.pending = self.app.Table(
             "pending",
             partitions=partitions,
@@ -127,7 +123,20 @@ class Timer:
             ),
         )
         self.emitted = 0
+        self.bootstrap = bootstrap
+        self.due_name, self.outcomes_name = settings.topic("due"), settings.topic("outcomes")
+        # due events and outcomes go to the schedule event's partition number when the
+        # topics have as many partitions (the default): what key hashing would choose
+        self.copartitioned = settings.topic_partitions is not None or (
+            topic_spec("due").partitions
+            == topic_spec("outcomes").partitions
+            == topic_spec("schedule").partitions
+        )
+        #: (topic, key, value, partition) encoded and waiting to be published
+        self._out: list[tuple[str, bytes, bytes, int | None]] = []
+        self._producer: AIOKafkaProducer | None = None
         self.app.agent(self.schedule_topic, name="schedule", concurrency=1)(self._agent)
+        self.app.on_before_shutdown.connect(self._stop_producer)
         if settings.tick_interval > 0:
             self.app.timer(interval=settings.tick_interval)(self._tick)
         timer = self
@@ -192,6 +201,7 @@ class Timer:
                 log.error("poison message skipped", partition=partition, error=str(exc)[:200])
                 continue
             await self.handle(state, ev, event.value)
+        await self._drain()
         for _state, pending, index, first in states.values():
             _current_event.set(weakref.ref(first))
             pending.flush()
@@ -206,8 +216,11 @@ class Timer:
                 # the tick's time decides what is due (never early, replayable); the time the
                 # events say they went out is the real one: a tick queued behind a backlog of
                 # schedule events is processed later than it was stamped
-                await self._publish(walk.fires, max(ev.now, self.clock.now()))
+                self._emit(walk.fires, max(ev.now, self.clock.now()), state.partition)
+                # into the batch's cache only: the tables see it after the drain and flush
                 state.commit(walk, ev.now)
+                if len(self._out) >= EMIT_CHUNK:
+                    await self._drain()
                 if walk.complete:
                     return
         now = self.clock.now()
@@ -233,37 +246,58 @@ class Timer:
                 command=ev.type,
                 reason=outcome.reason,
             )
-            await (
-                await self.outcomes_topic.send(
-                    key=ev.message_id.encode(), value=encode(rejected), force=True
-                )
+            self._out.append(
+                (self.outcomes_name, ev.message_id.encode(), encode(rejected), state.partition)
             )
             count("timer", "rejected")
             log.info(
                 "command rejected", command=ev.type, message_id=ev.message_id, reason=outcome.reason
             )
         if outcome.fires:
-            await self._publish(outcome.fires, now)
+            self._emit(outcome.fires, now, state.partition)
+            # forgotten in the batch's cache: a later command in the batch sees it gone, and
+            # the tables forget it only after the drain has the broker's acknowledgement
             state.forget(list(outcome.fires))
+            if len(self._out) >= EMIT_CHUNK:
+                await self._drain()
 
-    async def _publish(self, fires: Iterable[Fire], now: float) -> None:
-        futures = []
+    def _emit(self, fires: Iterable[Fire], now: float, partition: int) -> None:
+        """Encode what ``fires`` publish and queue it for :meth:`_drain`. Due events and
+        outcomes are keyed by message id; on topics partitioned like the schedule stream
+        they go to the same partition number, given explicitly (no key hashing)."""
+        part = partition if self.copartitioned else None
         for fire in fires:
             if fire.kind == "due":
                 value, lateness_ms = due_bytes(fire, now)
-                topic, kind = self.due_topic, "due"
+                topic, kind = self.due_name, "due"
                 self.emitted += 1
                 LATENESS.labels("due").observe(lateness_ms / 1000)
             else:
                 event = fire_event(fire, now)
-                value, topic, kind = encode(event), self.outcomes_topic, event.type
-            futures.append(await topic.send(key=fire.message_id.encode(), value=value, force=True))
+                value, topic, kind = encode(event), self.outcomes_name, event.type
+            self._out.append((topic, fire.message_id.encode(), value, part))
             count("timer", "expired" if fire.kind == "expired" else kind)
-            if len(futures) >= EMIT_CHUNK:
-                await asyncio.gather(*futures)
-                futures.clear()
-        if futures:
-            await asyncio.gather(*futures)
+
+    async def _drain(self) -> None:
+        """Publish everything queued (acks=all) and wait for every acknowledgement."""
+        if not self._out:
+            return
+        if self._producer is None:
+            producer = make_producer(self.bootstrap, linger_ms=5)
+            await producer.start()
+            self._producer = producer
+        futures = [
+            await self._producer.send(topic, value, key=key, partition=part)
+            for topic, key, value, part in self._out
+        ]
+        await asyncio.gather(*futures)
+        self._out.clear()
+
+    async def _stop_producer(self, app: Any, **kwargs: Any) -> None:
+        # the consumer is stopped by now: nothing more is queued
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
 
 
 def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:

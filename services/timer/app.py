@@ -136,7 +136,7 @@ class Timer:
         self._out: list[tuple[str, bytes, bytes, int | None]] = []
         self._producer: AIOKafkaProducer | None = None
         self.app.agent(self.schedule_topic, name="schedule", concurrency=1)(self._agent)
-        self.app.on_before_shutdown.connect(self._stop_producer)
+        self.app.on_before_shutdown.connect(cast(Any, self._stop_producer))
         if settings.tick_interval > 0:
             self.app.timer(interval=settings.tick_interval)(self._tick)
         timer = self

@@ -106,7 +106,10 @@ class KairosSettings(BaseSettings):
     relay_timeout: float = Field(default=30.0, gt=0, description="Seconds for each SMTP step.")
     relay_verify_tls: bool = Field(default=True, description="Verify the relay's certificate.")
     relay_pool_size: int = Field(
-        default=8, ge=1, description="Connections (and concurrent deliveries) per sender."
+        default=32,
+        ge=1,
+        description="Connections (and concurrent deliveries) per sender; lower it for a relay "
+        "that limits concurrent connections per client.",
     )
     retry_base: float = Field(
         default=60.0, gt=0, description="Seconds before the first retry; doubles each attempt."

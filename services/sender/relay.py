@@ -85,11 +85,11 @@ class RelayPool:
         async with self._slots:
             client: aiosmtplib.SMTP | None = None
             try:
+                # an idle connection ended its last transaction with a 250 (any other answer
+                # closes it), so it is ready for the next MAIL FROM without an RSET
                 client = None if self._idle.empty() else self._idle.get_nowait()
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                else:
-                    await client.rset()
                 errors, text = await client.sendmail(mail_from, rcpt_to, data)
                 self._idle.put_nowait(client)
                 client = None

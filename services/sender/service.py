@@ -161,11 +161,15 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             hard_bounces=len(result.hard_bounces),
         )
 
+    reloading = asyncio.Lock()
+
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        if reload.is_set():
-            reload.clear()
-            since = clock.now() - settings.dedupe_lookback
-            handled.update(await handled_attempts(bootstrap, outcomes_topic, since))
+        # partitions are handled side by side: each waits until the re-read is done
+        async with reloading:
+            if reload.is_set():
+                reload.clear()
+                since = clock.now() - settings.dedupe_lookback
+                handled.update(await handled_attempts(bootstrap, outcomes_topic, since))
         await asyncio.gather(*(deliver(r) for r in records))
 
     lag = asyncio.create_task(track_lag("sender", consumer))

@@ -114,6 +114,40 @@ def test_prepare_sets_date_now_and_strips_internal_headers() -> None:
     assert out["Message-ID"] == "<m@x.test>"
 
 
+def test_prepare_strips_folded_internal_fields_and_keeps_the_rest_byte_for_byte() -> None:
+    raw = (
+        b'From: a@x.test\nX-SMTPAPI: {"send_at": 1,\n  "batch_id": "b"}\n'
+        b"Subject: a long\n\tfolded subject\nX-Scheduled-At-Note: kept\n"
+        b"x-idempotency-key : k\nDATE: Mon, 1 Jan 2024 00:00:00 +0000\n\nline 1\nline 2\n"
+    )
+    out = prepare(raw, T, "x.test")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert body == b"line 1\r\nline 2\r\n"
+    lines = head.split(b"\r\n")
+    assert lines[:4] == [
+        b"From: a@x.test",
+        b"Subject: a long",
+        b"\tfolded subject",
+        b"X-Scheduled-At-Note: kept",
+    ]
+    assert lines[4] == b"Date: Fri, 15 Jan 2027 08:00:00 +0000"
+    assert lines[5].startswith(b"Message-ID: <") and lines[5].endswith(b"@x.test>")
+    assert len(lines) == 6
+    parsed = message_from_bytes(out)
+    assert parsed["Subject"] == "a long\r\n\tfolded subject"
+    assert parsed.get_all("Date") == ["Fri, 15 Jan 2027 08:00:00 +0000"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [(b"From: a@x.test\r\n", b""), (b"From: a@x.test", b""), (b"\r\nonly a body", b"only a body")],
+)
+def test_prepare_without_a_body_or_without_headers(raw: bytes, body: bytes) -> None:
+    head, _, rest = prepare(raw, T, "x.test").partition(b"\r\n\r\n")
+    assert rest == body
+    assert head.split(b"\r\n")[-2].startswith(b"Date: ")
+
+
 @pytest.fixture(scope="module")
 def rsa_key() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -145,6 +145,8 @@ class Pipeline:
             "KAIROS_RELAY_PORT": str(self.ports["sink"]),
             "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN,
             "KAIROS_LOG_LEVEL": "WARNING",
+            # as the StatefulSet names its pods: a restarted timer takes its partitions back
+            "KAIROS_TIMER_INSTANCE_ID": f"{self.prefix}timer-0",
         }
         self.sink = CountingSink(self.ports["sink"], self.base)
 

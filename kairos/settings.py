@@ -34,6 +34,14 @@ class KairosSettings(BaseSettings):
         description="Seconds before a silent consumer (a killed worker) loses its partitions.",
     )
 
+    timer_instance_id: str | None = Field(
+        default=None,
+        description="A stable name for this timer worker (the StatefulSet's pod name): Kafka's "
+        "static group membership, so a worker restarted under the same name takes its "
+        "partitions back at once instead of after session_timeout; a worker that stops for good "
+        "hands them on only after session_timeout.",
+    )
+
     # -- local embedded broker ---------------------------------------------------------------
     state_dir: Path = Field(default=Path(".kairos"), description="Where local state lives.")
     local_kafka_port: int = Field(default=39092, description="Port of the local broker.")

@@ -84,6 +84,7 @@ class Timer:
             web_port=web_port,
             table_standby_replicas=settings.timer_standby_replicas,
             broker_session_timeout=settings.session_timeout,
+            consumer_group_instance_id=settings.timer_instance_id,
             broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
             stream_wait_empty=False,
             loghandlers=[],

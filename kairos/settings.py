@@ -156,6 +156,17 @@ class KairosSettings(BaseSettings):
         default="rocksdb://",
         description="faust table store of the timer (rocksdb:// or memory://).",
     )
+    timer_rocksdb_write_buffer_mb: int = Field(
+        default=8,
+        ge=1,
+        description="RocksDB memtable size per timer database (one per table and partition; "
+        "faust's default is 64). Memtables are most of the timer's RSS per pending message.",
+    )
+    timer_rocksdb_block_cache_mb: int = Field(
+        default=16,
+        ge=1,
+        description="RocksDB block cache per timer database (faust's default is 2048).",
+    )
 
     log_level: str = Field(default="INFO", description="Log level.")
     log_format: str = Field(default="console", description="console or json.")

@@ -97,8 +97,16 @@ class Timer:
             value_type=bytes,
             **raw,
         )
+        # per database (a table's partition): faust's defaults (64 MB memtables, 3 of them, and
+        # a 2 GB block cache) let RSS grow with the pending messages until a memtable flushes
+        rocksdb_options = {
+            "write_buffer_size": settings.timer_rocksdb_write_buffer_mb * 2**20,
+            "max_write_buffer_number": 2,
+            "block_cache_size": settings.timer_rocksdb_block_cache_mb * 2**20,
+        }
         self.pending = self.app.Table(
             "pending",
+            options=rocksdb_options,
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
@@ -112,6 +120,7 @@ class Timer:
         )
         self.index = self.app.Table(
             "index",
+            options=rocksdb_options,
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,

@@ -81,7 +81,10 @@ class Buffered(MutableMapping[bytes, bytes]):
         for key in self._dirty:
             value = self._cache[key]
             if value is None:
-                if key in self.backing:
+                # a read (not ``in``) first: faust's RocksDB store then knows the key's
+                # partition and deletes it there, where after ``in`` it deletes it from
+                # every partition's database it has open
+                if self.backing.get(key) is not None:
                     del self.backing[key]
             else:
                 self.backing[key] = value

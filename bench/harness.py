@@ -29,6 +29,7 @@ from aiokafka.structs import TopicPartition
 
 from kairos.kafka.clients import make_admin, make_consumer
 from kairos.kafka.topics import apply_topics
+from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
 
 ADMIN_TOKEN = "adm_bench"
@@ -55,9 +56,7 @@ def spawn(
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_port()
 
 
 def wait_port(port: int, timeout: float = 30) -> None:

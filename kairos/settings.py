@@ -44,9 +44,9 @@ class KairosSettings(BaseSettings):
 
     # -- local embedded broker ---------------------------------------------------------------
     state_dir: Path = Field(default=Path(".kairos"), description="Where local state lives.")
-    local_kafka_port: int = Field(default=39092, description="Port of the local broker.")
+    local_kafka_port: int = Field(default=19092, description="Port of the local broker.")
     local_kafka_controller_port: int = Field(
-        default=39093, description="KRaft controller port of the local broker."
+        default=19093, description="KRaft controller port of the local broker."
     )
     local_kafka_heap: str = Field(default="512m", description="JVM heap of the local broker.")
     cache_dir: Path = Field(

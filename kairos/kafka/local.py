@@ -119,8 +119,8 @@ class LocalKafka:
         *,
         state_dir: Path,
         cache_dir: Path,
-        port: int = 39092,
-        controller_port: int = 39093,
+        port: int = 19092,
+        controller_port: int = 19093,
         heap: str = "512m",
     ) -> None:
         """Describe a broker; nothing is checked, written or started here.

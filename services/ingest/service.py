@@ -18,10 +18,11 @@ from kairos.refdata.token import admin_token
 from kairos.refdata.view import ReferenceView
 from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
-from services.ingest.http import KafkaPublisher, create_app
+from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog
 from services.ingest.lifecycle import LifecycleProjection
 from services.ingest.manage import manage_router
+from services.ingest.publish import KafkaPublisher
 from services.ingest.scanners import scanning_from
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory

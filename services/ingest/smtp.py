@@ -29,8 +29,9 @@ from schemas.events import MessageContent, Scheduled
 from schemas.reference import AccountState
 from services.ingest.checks import HARD_CAP_BYTES, check_account, check_message, horizon_of
 from services.ingest.compose import SubmitError
-from services.ingest.http import AccountLookup, Publisher, PublishError
+from services.ingest.http import AccountLookup
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
+from services.ingest.publish import Publisher, PublishError
 from services.ingest.scanners import Scanning
 from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, check_window, parse_time
 

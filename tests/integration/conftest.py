@@ -19,6 +19,7 @@ import pytest
 
 from kairos.kafka.clients import make_consumer
 from kairos.kafka.topics import apply_topics
+from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
 
 pytestmark = pytest.mark.kafka
@@ -28,9 +29,7 @@ ADMIN_TOKEN = "adm_integration-tests"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_port()
 
 
 @dataclass

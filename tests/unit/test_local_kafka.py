@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from kairos.kafka import local
 from kairos.kafka.cli import kafka
 from kairos.kafka.local import LocalKafka, LocalKafkaError
+from kairos.ports import free_port
 from kairos.settings import KairosSettings
 
 
@@ -37,15 +38,13 @@ def broker(tmp_path: Path) -> LocalKafka:
 def listening() -> Iterator[int]:
     """A port some other process is listening on."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", free_port()))
         sock.listen()
         yield int(sock.getsockname()[1])
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def _parse_properties(text: str) -> dict[str, str]:

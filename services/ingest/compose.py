@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import re
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.policy import SMTP
 from typing import Any
 
@@ -24,6 +27,69 @@ class SubmitError(ValueError):
     ) -> None:
         super().__init__(message)
         self.code, self.message, self.field, self.status = code, message, field, status
+
+
+#: Header fields that a request sets through its own fields, or that composing the message sets;
+#: never through ``headers`` (compared case-insensitively).
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "sender",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+    }
+)
+#: Fields a message has at most once (RFC 5322 3.6) that ``headers`` may set.
+_SINGLE = frozenset({"reply-to", "in-reply-to", "references"})
+#: An RFC 5322 field name: printable US-ASCII (33..126) except ':'.
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
+#: A MIME type token (RFC 2045 ``token "/" token``).
+_MIME_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_CONTENT_TYPE = re.compile(rf"({_MIME_TOKEN})/({_MIME_TOKEN})")
+_FORBIDDEN_IN_LINE = ("\r", "\n", "\0")
+
+
+def check_field_name(name: str, field: str = "headers") -> None:
+    """SubmitError ``INVALID_HEADER`` unless ``name`` is an RFC 5322 field name."""
+    if not _FIELD_NAME.fullmatch(name):
+        raise SubmitError(
+            "INVALID_HEADER",
+            f"{name!r} is not a header name (printable US-ASCII except ':', no spaces)",
+            field,
+        )
+
+
+def check_line(value: str, field: str) -> None:
+    """SubmitError ``INVALID_HEADER`` if ``value`` (bound for a header line) holds a CR, LF
+    or NUL: it would end the line and start another, whatever the field."""
+    if any(c in value for c in _FORBIDDEN_IN_LINE):
+        raise SubmitError("INVALID_HEADER", f"{field} must not contain CR, LF or NUL", field)
+
+
+def check_unicode(value: Any, field: str = "") -> None:
+    """SubmitError ``INVALID_REQUEST`` if a string anywhere in a JSON value is not valid
+    Unicode (a lone surrogate, which JSON's ``\\ud800`` escapes can carry)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SubmitError(
+                "INVALID_REQUEST", "a string is not valid Unicode (lone surrogate)", field or None
+            ) from exc
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_unicode(k, field)
+            check_unicode(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_unicode(v, f"{field}[{i}]")
 
 
 class Attachment(BaseModel):
@@ -60,21 +126,53 @@ class EmailRequest(BaseModel):
         return [v] if isinstance(v, str) else v
 
 
-def _addresses(values: list[str] | None, field: str) -> list[str]:
+def _address(value: str, field: str) -> Address:
+    """One mailbox (``addr`` or ``Name <addr>``); SubmitError otherwise."""
+    check_line(value, field)
+    parsed = email.utils.getaddresses([value])
+    bad = SubmitError("INVALID_ADDRESS", f"{value!r} is not one email address", field)
+    if len(parsed) != 1:
+        raise bad
+    name, addr = parsed[0]
+    if "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
+        raise bad
+    try:
+        return Address(display_name=name, addr_spec=addr)
+    except (ValueError, MessageError) as exc:
+        raise bad from exc
+
+
+def _addresses(values: list[str] | None, field: str) -> list[Address]:
+    return [_address(value, field) for value in values or []]
+
+
+def _extra_headers(req: EmailRequest) -> list[tuple[str, str]]:
+    """The ``headers`` of a request, checked: field names, one line each, none that another
+    field sets, none of the at-most-once fields twice."""
+    seen: set[str] = set()
     out = []
-    for value in values or []:
-        _name, addr = email.utils.parseaddr(value)
-        if "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
-            raise SubmitError("INVALID_ADDRESS", f"{value!r} is not an email address", field)
-        out.append(addr)
+    for name, value in (req.headers or {}).items():
+        check_field_name(name)
+        check_line(value, f"headers.{name}")
+        lower = name.lower()
+        if lower in RESERVED_HEADERS or (lower == "reply-to" and req.reply_to):
+            raise SubmitError(
+                "RESERVED_HEADER", f"header {name!r} is set by its own field", "headers"
+            )
+        if lower in _SINGLE and lower in seen:
+            raise SubmitError("INVALID_HEADER", f"header {name!r} given twice", "headers")
+        seen.add(lower)
+        out.append((name, value))
     return out
 
 
 def compose(req: EmailRequest, message_id: str) -> MessageContent:
     """Build the message and its envelope. Raises SubmitError for a bad address, an empty
-    recipient list, a body-less message or an attachment that is not base64."""
-    sender_name, sender = email.utils.parseaddr(req.from_)
-    (sender,) = _addresses([req.from_], "from")
+    recipient list, a body-less message, an attachment that is not base64, and for anything
+    that would not stay on its own header line (``INVALID_HEADER``: a CR, LF or NUL in a
+    header-bound field, a header name that is not an RFC 5322 field name) or that another
+    field sets (``RESERVED_HEADER``). The message has exactly one From."""
+    sender = _address(req.from_, "from")
     to = _addresses(req.to if isinstance(req.to, list) else [req.to], "to")
     cc = _addresses(req.cc if isinstance(req.cc, list) else None, "cc")
     bcc = _addresses(req.bcc if isinstance(req.bcc, list) else None, "bcc")
@@ -83,21 +181,50 @@ def compose(req: EmailRequest, message_id: str) -> MessageContent:
         raise SubmitError("MISSING_RECIPIENT", "at least one recipient is required", "to")
     if req.text is None and req.html is None:
         raise SubmitError("MISSING_BODY", "text or html is required", "text")
-    domain = sender.rsplit("@", 1)[1].lower()
+    check_line(req.subject, "subject")
+    extra = _extra_headers(req)
+    domain = sender.domain.lower()
+    try:
+        msg = _message(req, message_id, sender, to, cc, reply_to, extra, domain)
+        raw = msg.as_bytes()
+    except SubmitError:
+        raise
+    except (ValueError, TypeError, MessageError) as exc:  # what the checks above did not foresee
+        raise SubmitError(
+            "INVALID_MESSAGE", "these fields do not make a valid message", None
+        ) from exc
+    froms = BytesHeaderParser(policy=SMTP).parsebytes(raw).get_all("From") or []
+    if len(froms) != 1:
+        raise SubmitError("INVALID_HEADER", "a message has exactly one From", "headers")
+    return MessageContent(
+        mail_from=sender.addr_spec,
+        rcpt_to=[a.addr_spec for a in to + cc + bcc],
+        from_domain=domain,
+        mime=raw.decode("utf-8"),
+        size=len(raw),
+    )
+
+
+def _message(
+    req: EmailRequest,
+    message_id: str,
+    sender: Address,
+    to: list[Address],
+    cc: list[Address],
+    reply_to: list[Address],
+    extra: list[tuple[str, str]],
+    domain: str,
+) -> EmailMessage:
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = Address(display_name=sender_name, addr_spec=sender) if sender_name else sender
-    msg["To"] = ", ".join(req.to if isinstance(req.to, list) else [req.to])
-    if req.cc:
-        msg["Cc"] = ", ".join(req.cc)
-    if req.reply_to:
-        msg["Reply-To"] = ", ".join(reply_to)
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    if reply_to:
+        msg["Reply-To"] = reply_to
     msg["Subject"] = req.subject
     msg["Message-ID"] = f"<{message_id}@{domain}>"
-    for name, value in (req.headers or {}).items():
-        if name.lower() in {"from", "to", "cc", "bcc", "subject", "message-id", "date"}:
-            raise SubmitError(
-                "RESERVED_HEADER", f"header {name!r} is set by its own field", "headers"
-            )
+    for name, value in extra:
         msg[name] = value
     if req.text is not None:
         msg.set_content(req.text)
@@ -107,27 +234,22 @@ def compose(req: EmailRequest, message_id: str) -> MessageContent:
         assert req.html is not None
         msg.set_content(req.html, subtype="html")
     for i, att in enumerate(req.attachments or []):
+        check_line(att.filename, f"attachments[{i}].filename")
+        kind = _CONTENT_TYPE.fullmatch(att.content_type)
+        if kind is None or kind[1].lower() in ("multipart", "message"):
+            raise SubmitError(
+                "INVALID_ATTACHMENT",
+                f"attachment {i}: a content type is type/subtype (not multipart or message)",
+                f"attachments[{i}].contentType",
+            )
         try:
             payload = base64.b64decode(att.content, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise SubmitError(
                 "INVALID_ATTACHMENT", f"attachment {i} is not base64", f"attachments[{i}].content"
             ) from exc
-        maintype, _, subtype = att.content_type.partition("/")
-        msg.add_attachment(
-            payload,
-            maintype=maintype or "application",
-            subtype=subtype or "octet-stream",
-            filename=att.filename,
-        )
-    raw = msg.as_bytes()
-    return MessageContent(
-        mail_from=sender,
-        rcpt_to=to + cc + bcc,
-        from_domain=domain,
-        mime=raw.decode("utf-8"),
-        size=len(raw),
-    )
+        msg.add_attachment(payload, maintype=kind[1], subtype=kind[2], filename=att.filename)
+    return msg
 
 
 def error_body(code: str, message: str, field: str | None) -> dict[str, Any]:

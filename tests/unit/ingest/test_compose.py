@@ -1,0 +1,169 @@
+"""Composing a ``POST /email`` body into a message (pure): hostile fields are refused with
+stable codes, never turned into extra header lines."""
+
+from __future__ import annotations
+
+from email.parser import BytesHeaderParser
+from email.policy import SMTP
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.events import MessageContent
+from services.ingest.compose import EmailRequest, SubmitError, check_unicode, compose
+
+
+def request(**extra: Any) -> EmailRequest:
+    return EmailRequest.model_validate(
+        {"from": "Hello <hi@example.com>", "to": "u@example.org", "subject": "s", "text": "t"}
+        | extra
+    )
+
+
+def refusal(**extra: Any) -> tuple[str, str | None]:
+    with pytest.raises(SubmitError) as err:
+        compose(request(**extra), "m-1")
+    assert err.value.status == 400
+    return err.value.code, err.value.field
+
+
+def headers_of(content: MessageContent) -> Any:
+    return BytesHeaderParser(policy=SMTP).parsebytes(content.mime.encode())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-A\r\nFrom",
+        "X-A\nFrom",
+        "X-A\rFrom",
+        "X-A\0",
+        "X A",
+        "X-A:",
+        "",
+        "X-\u00e9",
+        "X-\x7f",
+        "\tX",
+    ],
+)
+def test_a_header_name_must_be_an_rfc5322_field_name(name: str) -> None:
+    assert refusal(headers={name: "ceo@bank.example"}) == ("INVALID_HEADER", "headers")
+
+
+def test_a_crlf_in_a_header_name_never_spoofs_a_second_from() -> None:
+    with pytest.raises(SubmitError) as err:
+        compose(request(headers={"X-A\r\nFrom": "ceo@bank.example"}), "m-1")
+    assert err.value.code == "INVALID_HEADER"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"headers": {"X-A": "v\r\nFrom: ceo@bank.example"}}, "headers.X-A"),
+        ({"headers": {"X-A": "v\nBcc: x@evil.example"}}, "headers.X-A"),
+        ({"headers": {"X-A": "v\0"}}, "headers.X-A"),
+        ({"subject": "hi\r\nFrom: ceo@bank.example"}, "subject"),
+        ({"subject": "hi\rthere"}, "subject"),
+        ({"to": "u@example.org\r\nFrom: ceo@bank.example"}, "to"),
+        ({"to": ["ok@example.org", "u@example.org\nX: y"]}, "to"),
+        ({"cc": "c@example.org\r\nX: y"}, "cc"),
+        ({"from": "Hello\r\nFrom: ceo@bank.example <hi@example.com>"}, "from"),
+        ({"reply_to": "r@example.org\n"}, "reply_to"),
+        (
+            {"attachments": [{"filename": "a\r\nFrom: x", "content": "YQ=="}]},
+            "attachments[0].filename",
+        ),
+    ],
+)
+def test_no_header_bound_field_may_hold_cr_lf_or_nul(extra: dict[str, Any], field: str) -> None:
+    assert refusal(**extra) == ("INVALID_HEADER", field)
+
+
+@pytest.mark.parametrize(
+    "name", ["From", "FROM", "from", "fRoM", "Sender", "sender", "TO", "Cc", "BCC", "Date",
+             "MESSAGE-ID", "Subject", "Content-Type", "mime-version"],
+)  # fmt: skip
+def test_reserved_headers_are_compared_case_insensitively(name: str) -> None:
+    assert refusal(headers={name: "ceo@bank.example"}) == ("RESERVED_HEADER", "headers")
+
+
+def test_reply_to_is_set_once() -> None:
+    assert refusal(reply_to="r@example.org", headers={"Reply-To": "x@example.org"})[0] == (
+        "RESERVED_HEADER"
+    )
+    assert refusal(headers={"In-Reply-To": "<a@b>", "in-reply-to": "<c@d>"}) == (
+        "INVALID_HEADER",
+        "headers",
+    )
+    content = compose(request(headers={"Reply-To": "x@example.org"}), "m-1")
+    assert headers_of(content).get_all("Reply-To") == ["x@example.org"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain\r\nX: y", "nosubtype", "a/b/c", "a b/c", "multipart/mixed",
+                     "message/rfc822", "", "text/plain; charset=x"],
+)  # fmt: skip
+def test_an_attachment_content_type_is_one_mime_type(content_type: str) -> None:
+    att = {"filename": "a.txt", "content": "YQ==", "contentType": content_type}
+    assert refusal(attachments=[att]) == ("INVALID_ATTACHMENT", "attachments[0].contentType")
+
+
+@pytest.mark.parametrize(
+    "value", ["a@b@c", "a@b.c, d@e.f", "a@b..c", "@b.c", "a@", "no address", "a@b.c>"]
+)
+def test_each_address_field_holds_one_address(value: str) -> None:
+    assert refusal(to=value) == ("INVALID_ADDRESS", "to")
+
+
+def test_an_ordinary_message_has_one_from_and_its_headers() -> None:
+    content = compose(
+        request(
+            to=["A <a@example.org>", "b@example.org"],
+            cc="c@example.org",
+            bcc="d@example.org",
+            headers={"X-Campaign": "spring", "List-Unsubscribe": "<mailto:u@example.com>"},
+            attachments=[
+                {"filename": "r\u00e9sum\u00e9.txt", "content": "YQ==", "contentType": "text/plain"}
+            ],
+        ),
+        "m-1",
+    )
+    parsed = headers_of(content)
+    assert parsed.get_all("From") == ["Hello <hi@example.com>"]
+    assert parsed["X-Campaign"] == "spring" and "Bcc" not in parsed
+    assert content.rcpt_to == ["a@example.org", "b@example.org", "c@example.org", "d@example.org"]
+    assert (content.mail_from, content.from_domain) == ("hi@example.com", "example.com")
+
+
+def test_lone_surrogates_are_refused_anywhere_in_a_body() -> None:
+    with pytest.raises(SubmitError) as err:
+        check_unicode({"headers": {"X-A": "\ud800"}})
+    assert (err.value.code, err.value.field) == ("INVALID_REQUEST", "headers.X-A")
+    check_unicode({"subject": "\u00e9\U0001f600", "to": ["a"]})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=4),
+    subject=st.text(max_size=40),
+    name=st.text(max_size=20),
+)
+def test_whatever_the_fields_one_from_and_no_injected_line(
+    headers: dict[str, str], subject: str, name: str
+) -> None:
+    """Either a SubmitError, or a message with exactly one From whose extra headers are
+    exactly the ones asked for."""
+    try:
+        check_unicode([headers, subject, name])
+        from_ = f'"{name}" <hi@example.com>' if name else "hi@example.com"
+        content = compose(request(headers=headers, subject=subject, **{"from": from_}), "m-1")
+    except SubmitError as exc:
+        assert exc.status == 400 and exc.code
+        return
+    parsed = headers_of(content)
+    assert len(parsed.get_all("From") or []) == 1
+    assert len(parsed.get_all("To") or []) == 1
+    for header in headers:
+        assert len(parsed.get_all(header) or []) == 1

@@ -9,13 +9,11 @@ an enhanced status; the 250 names the message id(s). Internal headers are not re
 from __future__ import annotations
 
 import base64
-import email.utils
 import hashlib
+import re
 import ssl
 import uuid
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 import orjson
@@ -29,6 +27,14 @@ from schemas.events import MessageContent, Scheduled
 from schemas.reference import AccountState
 from services.ingest.checks import HARD_CAP_BYTES, check_account, check_message, horizon_of
 from services.ingest.compose import SubmitError
+from services.ingest.headers import (
+    HeaderError,
+    Message,
+    check_structure,
+    envelope_domain,
+    mailbox,
+    parse,
+)
 from services.ingest.http import AccountLookup
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
 from services.ingest.publish import Publisher, PublishError
@@ -39,18 +45,45 @@ log = get_logger("kairos.ingest.smtp")
 
 #: SendGrid's horizon for its SMTP API.
 SMTPAPI_HORIZON = 72 * 3600
-INTERNAL = (b"x-scheduled-at", b"x-idempotency-key", b"x-smtpapi")
+#: The headers Kairos reads (lower case), each with the code a malformed one is refused with.
+#: Present means "use me": an empty, blank, duplicated or malformed one is never ignored.
+KAIROS_HEADERS: dict[str, str] = {
+    "x-scheduled-at": "SCHEDULED_AT_INVALID",
+    "x-smtpapi": "INVALID_SMTPAPI",
+    "x-idempotency-key": "INVALID_IDEMPOTENCY_KEY",
+}
+#: Never stored or relayed: Kairos's own headers, Bcc (its recipients stay in the envelope),
+#: and the reserved X-Kairos- namespace.
+STRIPPED = (*KAIROS_HEADERS, "bcc")
+STRIPPED_PREFIXES = ("x-kairos-",)
+#: X-SMTPAPI keys: those Kairos honours, and SendGrid's that only tag a message (ignored).
+#: Any other (``to``, ``sub``, ``section``, ``filters``...) would change who gets what on
+#: SendGrid and is refused rather than silently dropped.
+SMTPAPI_KEYS = frozenset(("send_at", "send_each_at", "batch_id"))
+SMTPAPI_IGNORED = frozenset(("category", "unique_args", "asm_group_id", "ip_pool"))
+#: Recipients per SMTP transaction (RFC 5321 4.5.3.1.8 asks for at least 100).
+MAX_RECIPIENTS = 1000
+#: RFC 5321 4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+MAX_REPLY_LINE = 510
 
 #: Error code -> (SMTP reply code, enhanced status). One table for every SMTP rejection.
 SMTP_CODES: dict[str, tuple[int, str]] = {
     "UNAUTHORIZED": (530, "5.7.0"),
     "ACCOUNT_DISABLED": (550, "5.7.1"),
-    "DOMAIN_NOT_OWNED": (550, "5.7.1"),
-    "DOMAIN_NOT_VERIFIED": (550, "5.7.1"),
+    "DOMAIN_NOT_OWNED": (553, "5.7.1"),
+    "DOMAIN_NOT_VERIFIED": (553, "5.7.1"),
+    "INVALID_ADDRESS": (553, "5.1.7"),
+    "INVALID_RECIPIENT": (553, "5.1.3"),
     "RECIPIENT_SUPPRESSED": (550, "5.7.1"),
     "SCHEDULING_NOT_ALLOWED": (550, "5.7.1"),
     "TOO_MANY_RECIPIENTS": (554, "5.5.3"),
     "MESSAGE_TOO_LARGE": (552, "5.3.4"),
+    "HEADERS_TOO_LARGE": (552, "5.3.4"),
+    "INVALID_HEADER_NAME": (554, "5.6.0"),
+    "INVALID_HEADER_VALUE": (554, "5.6.0"),
+    "DUPLICATE_HEADER": (554, "5.6.0"),
+    "MISSING_FROM": (554, "5.6.0"),
+    "MULTIPLE_FROM": (554, "5.6.0"),
     "IDEMPOTENCY_BODY_MISMATCH": (554, "5.5.0"),
     "IDEMPOTENCY_IN_FLIGHT": (451, "4.5.0"),
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
@@ -60,35 +93,39 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "MESSAGE_SPAM": (550, "5.7.1"),
     "SCANNER_UNAVAILABLE": (451, "4.7.0"),
     "BROKER_UNAVAILABLE": (451, "4.3.0"),
+    "INTERNAL_ERROR": (451, "4.3.0"),
+    "LINE_TOO_LONG": (500, "5.5.2"),
+    "NON_ASCII_COMMAND": (500, "5.5.2"),
 }
 
 
-def smtp_reply(code: str, message: str) -> str:
-    """The SMTP reply for a rejection with error ``code`` (schedule errors: 554 5.5.4)."""
-    smtp, enhanced = SMTP_CODES.get(
+def smtp_reply(code: str, message: str, status: tuple[int, str] | None = None) -> str:
+    """The SMTP reply for a rejection with error ``code`` (schedule errors: 554 5.5.4): one
+    line of printable US-ASCII, at most 510 characters (512 with its CRLF)."""
+    smtp, enhanced = status or SMTP_CODES.get(
         code, (554, "5.5.4" if code.startswith("SCHEDULED_AT") else "5.6.0")
     )
     REJECTED.labels("smtp", code).inc()
-    ascii_text = message.replace("±", "+/-").encode("ascii", "replace").decode()
-    return f"{smtp} {enhanced} {code}: {ascii_text}"
+    text = "".join(c if " " <= c <= "~" else "?" for c in message.replace("±", "+/-"))
+    reply = f"{smtp} {enhanced} {code}: {text}"
+    return reply if len(reply) <= MAX_REPLY_LINE else reply[: MAX_REPLY_LINE - 3] + "..."
 
 
-def strip_headers(raw: bytes, names: tuple[bytes, ...] = INTERNAL) -> bytes:
-    """``raw`` without the named header fields (folded continuation lines included)."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        head, sep, body = raw.partition(b"\n\n")
-    kept: list[bytes] = []
-    skipping = False
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() in names
-        if not skipping:
-            kept.append(line)
-    return b"".join(kept) + sep + body
+def queued_reply(ids: list[str], dues: list[int | None]) -> str:
+    """The 250 for accepted messages: every id (and due second) when that fits one reply
+    line, else the first and a count (a 1,000-recipient ``send_each_at`` makes 1,000 ids)."""
+    if all(d is None for d in dues):
+        full = f"250 2.0.0 Queued as {' '.join(ids)}"
+        short = f"250 2.0.0 Queued {len(ids)} messages as {ids[0]} (+{len(ids) - 1})"
+    else:
+        full = "250 2.0.0 Scheduled as " + ", ".join(
+            f"{mid} for {due}" for mid, due in zip(ids, dues, strict=True)
+        )
+        short = (
+            f"250 2.0.0 Scheduled {len(ids)} messages as {ids[0]} for {dues[0]}"
+            f" (+{len(ids) - 1}, the last for {dues[-1]})"
+        )
+    return full if len(full) <= MAX_REPLY_LINE else short
 
 
 @dataclass(frozen=True)
@@ -99,23 +136,100 @@ class Plan:
     batch_id: str | None
 
 
-def plan_schedule(headers: Any, rcpts: list[str], now: float, horizon: int) -> Plan:
-    """Read X-Scheduled-At and X-SMTPAPI (pure). Raises ScheduleError or SubmitError."""
-    raw_at = headers.get("X-Scheduled-At")
+@dataclass(frozen=True)
+class Submission:
+    """What Kairos reads from a submitted message (pure result of :func:`read_submission`):
+    the From and Sender domains, its own headers' values (None when absent, never empty),
+    and the message to store (without :data:`STRIPPED` fields)."""
+
+    from_domain: str
+    sender_domain: str | None
+    scheduled_at: str | None
+    smtpapi: str | None
+    idempotency_key: str | None
+    clean: bytes
+
+    @property
+    def scheduled(self) -> bool:
+        return self.scheduled_at is not None or self.smtpapi is not None
+
+
+def _as_submit_error(exc: HeaderError) -> SubmitError:
+    """A header error; on a header Kairos reads, answered with that header's own code."""
+    code = KAIROS_HEADERS.get(exc.field or "", exc.code)
+    return SubmitError(code, exc.message, exc.field)
+
+
+def _kairos_value(message: Message, name: str) -> str | None:
+    """The value of Kairos header ``name`` (lower case): None if absent; SubmitError with the
+    header's code if it is duplicated, empty or blank, or not printable US-ASCII."""
+    code = KAIROS_HEADERS[name]
+    field = message.one(name)
+    if field is None:
+        return None
+    value = field.ascii()
+    if value is None:
+        raise SubmitError(code, f"{field.name} must be printable US-ASCII", name)
+    value = value.strip(" \t")
+    if not value:
+        raise SubmitError(code, f"{field.name} is present but empty", name)
+    return value
+
+
+def read_submission(raw: bytes) -> Submission:
+    """Check a submitted message's header block and read what Kairos needs from it (pure).
+
+    Raises SubmitError: a header block that is not well-formed (see
+    :mod:`services.ingest.headers`), not exactly one From, a From or Sender that is not one
+    valid address, a Kairos header that is duplicated, empty or not ASCII."""
+    try:
+        message = parse(raw)
+        from_field = check_structure(message)
+        _, from_domain = mailbox(from_field)
+        sender = message.one("sender")
+        sender_domain = mailbox(sender)[1] if sender is not None else None
+        values = {name: _kairos_value(message, name) for name in KAIROS_HEADERS}
+    except HeaderError as exc:
+        raise _as_submit_error(exc) from exc
+    return Submission(
+        from_domain=from_domain,
+        sender_domain=sender_domain,
+        scheduled_at=values["x-scheduled-at"],
+        smtpapi=values["x-smtpapi"],
+        idempotency_key=values["x-idempotency-key"],
+        clean=message.without(STRIPPED, STRIPPED_PREFIXES),
+    )
+
+
+def plan_schedule(
+    scheduled_at: str | None, smtpapi: str | None, rcpts: list[str], now: float, horizon: int
+) -> Plan:
+    """Read X-Scheduled-At and X-SMTPAPI values (pure; None when absent, as from
+    :func:`read_submission`). A present X-SMTPAPI must name a time (``send_at`` or
+    ``send_each_at``) unless X-Scheduled-At does. Raises ScheduleError or SubmitError."""
     due = (
-        check_window(parse_time(raw_at.strip(), "X-Scheduled-At"), now, horizon, "X-Scheduled-At")
-        if raw_at
+        check_window(parse_time(scheduled_at, "X-Scheduled-At"), now, horizon, "X-Scheduled-At")
+        if scheduled_at is not None
         else None
     )
-    api_raw = headers.get("X-SMTPAPI")
-    if not api_raw:
+    if smtpapi is None:
         return Plan([(rcpts, due)], None)
     try:
-        api = orjson.loads(api_raw)
-        assert isinstance(api, dict)
-    except (orjson.JSONDecodeError, AssertionError) as exc:
-        raise SubmitError("INVALID_SMTPAPI", "X-SMTPAPI is not a JSON object", "X-SMTPAPI") from exc
+        api = orjson.loads(smtpapi)
+    except orjson.JSONDecodeError as exc:
+        raise SubmitError("INVALID_SMTPAPI", "X-SMTPAPI is not JSON", "X-SMTPAPI") from exc
+    if not isinstance(api, dict):
+        raise SubmitError("INVALID_SMTPAPI", "X-SMTPAPI is not a JSON object", "X-SMTPAPI")
+    unknown = sorted(k for k in api if k not in SMTPAPI_KEYS | SMTPAPI_IGNORED)
+    if unknown:
+        raise SubmitError(
+            "INVALID_SMTPAPI", f"X-SMTPAPI {unknown[0][:40]!r} is not supported", "X-SMTPAPI"
+        )
     batch = api.get("batch_id")
+    if "batch_id" in api and (
+        not isinstance(batch, str) or not 1 <= len(batch) <= 128 or not batch.isprintable()
+    ):
+        raise SubmitError("INVALID_BATCH_ID", "batch_id must be a batch id string", "X-SMTPAPI")
     api_horizon = min(horizon, SMTPAPI_HORIZON)
     if "send_at" in api and "send_each_at" in api:
         raise SubmitError(
@@ -133,8 +247,14 @@ def plan_schedule(headers: Any, rcpts: list[str], now: float, horizon: int) -> P
         if not isinstance(times, list) or len(times) != len(rcpts):
             raise SubmitError(
                 "INVALID_SMTPAPI",
-                f"send_each_at needs one time per recipient ({len(rcpts)})",
+                f"send_each_at needs a list of one time per recipient ({len(rcpts)})",
                 "X-SMTPAPI",
+            )
+        if due is not None:
+            raise ScheduleError(
+                "SCHEDULED_AT_CONFLICT",
+                "X-Scheduled-At and X-SMTPAPI send_each_at cannot be combined",
+                "send_each_at",
             )
         return Plan(
             [
@@ -143,11 +263,22 @@ def plan_schedule(headers: Any, rcpts: list[str], now: float, horizon: int) -> P
             ],
             batch,
         )
+    if due is None:
+        raise SubmitError(
+            "INVALID_SMTPAPI",
+            "X-SMTPAPI names no send_at or send_each_at; omit it to send at once",
+            "X-SMTPAPI",
+        )
     return Plan([(rcpts, due)], batch)
 
 
 class SubmissionHandler:
-    """aiosmtpd handler: DATA -> checks -> scheduled events (acknowledged) -> 250."""
+    """aiosmtpd handler: MAIL FROM (a verified domain) -> RCPT (bounded) -> DATA -> checks ->
+    scheduled events (acknowledged) -> 250.
+
+    Every refusal is an SMTP reply with an enhanced status code and a stable code; an
+    unexpected exception is logged here and answered ``451 4.3.0 INTERNAL_ERROR`` with a
+    generic text, never the exception's."""
 
     def __init__(
         self,
@@ -175,6 +306,59 @@ class SubmissionHandler:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=account.account_id)
 
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's hook for an exception outside DATA: logged, answered generically."""
+        log.error("smtp command failed", error_type=type(error).__name__, exc_info=error)
+        return smtp_reply("INTERNAL_ERROR", "internal error; try again later")
+
+    def _account(self, session: Any) -> AccountState:
+        lookup: Any = self.view
+        account_id = session.auth_data
+        return check_account(lookup.account(account_id) if account_id else None)
+
+    def _check_domain(self, account: AccountState, domain: str | None, what: str) -> None:
+        """``domain`` (of the ``what`` address) is a verified domain of ``account``."""
+        if domain is None:
+            raise SubmitError("INVALID_ADDRESS", f"{what} is not a valid email address", what)
+        state = self.view.domain(account.account_id, domain)
+        if state is None:
+            raise SubmitError(
+                "DOMAIN_NOT_OWNED", f"{what} domain {domain} is not a domain of this account", what
+            )
+        if not state.verified:
+            raise SubmitError(
+                "DOMAIN_NOT_VERIFIED", f"{what} domain {domain} is not verified", what
+            )
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        """The envelope sender must be at a verified domain of the authenticated account."""
+        try:
+            account = self._account(session)
+            self._check_domain(account, envelope_domain(address), "MAIL FROM")
+        except SubmitError as exc:
+            return smtp_reply(exc.code, exc.message)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        """A recipient with a domain, at most :data:`MAX_RECIPIENTS` per transaction."""
+        if envelope_domain(address) is None:
+            return smtp_reply("INVALID_RECIPIENT", "the recipient is not a valid email address")
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return smtp_reply(
+                "TOO_MANY_RECIPIENTS",
+                f"at most {MAX_RECIPIENTS} recipients per transaction; send the rest in another",
+                (452, "4.5.3"),
+            )
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         try:
             return await self._data(session, envelope)
@@ -182,22 +366,25 @@ class SubmissionHandler:
             return smtp_reply(exc.code, exc.message)
         except SubmitError as exc:
             return smtp_reply(exc.code, exc.message)
+        except Exception as exc:  # the client hears a generic 451, the log has the rest
+            log.error("smtp submission failed", error_type=type(exc).__name__, exc_info=exc)
+            return smtp_reply("INTERNAL_ERROR", "internal error; try again later")
 
     async def _data(self, session: Any, envelope: Any) -> str:
         now = self.clock.now()
-        account_id = session.auth_data
-        lookup: Any = self.view
-        account: AccountState = check_account(lookup.account(account_id) if account_id else None)
+        account = self._account(session)
         raw: bytes = envelope.original_content
-        headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
-        clean = strip_headers(raw)
+        self._check_domain(account, envelope_domain(envelope.mail_from), "MAIL FROM")
+        submission = read_submission(raw)
+        self._check_domain(account, submission.from_domain, "From")
+        if submission.sender_domain is not None:
+            self._check_domain(account, submission.sender_domain, "Sender")
         first_id = str(uuid.uuid4())
-        key = headers.get("X-Idempotency-Key")
+        key = submission.idempotency_key
+        if key is not None and len(key) > MAX_KEY_LENGTH:
+            raise SubmitError("INVALID_IDEMPOTENCY_KEY", f"1 to {MAX_KEY_LENGTH} characters")
         if key is None or self.idempotency is None:
-            return await self._submit(account, headers, envelope, clean, now, first_id)
-        key = key.strip()
-        if not 1 <= len(key) <= MAX_KEY_LENGTH:
-            raise SubmitError("INVALID_IDEMPOTENCY_KEY", "1 to 256 characters")
+            return await self._submit(account, submission, envelope, now, first_id)
         digest = hashlib.sha256(
             b"\0".join([envelope.mail_from.encode(), *(r.encode() for r in envelope.rcpt_tos), raw])
         ).hexdigest()
@@ -211,8 +398,8 @@ class SubmissionHandler:
         if decision.kind == "in_flight":
             raise SubmitError("IDEMPOTENCY_IN_FLIGHT", "a message with this key is in flight")
         try:
-            reply = await self._submit(account, headers, envelope, clean, now, first_id)
-        except (ScheduleError, SubmitError):
+            reply = await self._submit(account, submission, envelope, now, first_id)
+        except Exception:
             await self.idempotency.release(account.account_id, key, first_id)
             raise
         if reply.startswith("250"):
@@ -224,17 +411,16 @@ class SubmissionHandler:
     async def _submit(
         self,
         account: AccountState,
-        headers: Any,
+        submission: Submission,
         envelope: Any,
-        clean: bytes,
         now: float,
         first_id: str,
     ) -> str:
-        scheduled = bool(headers.get("X-Scheduled-At") or headers.get("X-SMTPAPI"))
-        horizon = horizon_of(account, scheduled, MAX_HORIZON_SECONDS)
-        plan = plan_schedule(headers, list(envelope.rcpt_tos), now, horizon)
-        _name, sender = email.utils.parseaddr(headers.get("From") or envelope.mail_from)
-        domain = sender.rpartition("@")[2].lower() or envelope.mail_from.rpartition("@")[2]
+        horizon = horizon_of(account, submission.scheduled, MAX_HORIZON_SECONDS)
+        plan = plan_schedule(
+            submission.scheduled_at, submission.smtpapi, list(envelope.rcpt_tos), now, horizon
+        )
+        clean = submission.clean
         try:
             mime, encoding = clean.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -243,7 +429,7 @@ class SubmissionHandler:
             MessageContent(
                 mail_from=envelope.mail_from,
                 rcpt_to=rcpts,
-                from_domain=domain,
+                from_domain=submission.from_domain,
                 mime=mime,
                 mime_encoding=encoding,
                 size=len(clean),
@@ -277,12 +463,7 @@ class SubmissionHandler:
         except PublishError as exc:
             log.warning("publish failed", error=str(exc))
             return smtp_reply("BROKER_UNAVAILABLE", "could not store the message; retry")
-        dues = [due for _, due in plan.messages]
-        if all(d is None for d in dues):
-            return f"250 2.0.0 Queued as {' '.join(ids)}"
-        return "250 2.0.0 Scheduled as " + ", ".join(
-            f"{mid} for {due}" for mid, due in zip(ids, dues, strict=True)
-        )
+        return queued_reply(ids, [due for _, due in plan.messages])
 
 
 def tls_context(settings: KairosSettings) -> ssl.SSLContext | None:
@@ -301,17 +482,59 @@ def plaintext_auth_allowed(settings: KairosSettings) -> bool:
     return settings.smtp_host in ("127.0.0.1", "localhost", "::1")
 
 
-class SubmissionSMTP(SMTP):
-    """aiosmtpd's server with enhanced status codes on its own size refusals."""
+_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+#: aiosmtpd's own refusals that say nothing a client can act on, as Kairos replies.
+_AIOSMTPD_REPLIES = {
+    "552 Error: Too much mail data": ("MESSAGE_TOO_LARGE", f"at most {HARD_CAP_BYTES} bytes"),
+    "552 Error: message size exceeds fixed maximum message size": (
+        "MESSAGE_TOO_LARGE",
+        f"at most {HARD_CAP_BYTES} bytes",
+    ),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "LINE_TOO_LONG",
+        "a line is over 1000 bytes (RFC 5321 4.5.3.1.6); fold long header fields",
+    ),
+    "500 Error: strict ASCII mode": ("NON_ASCII_COMMAND", "commands must be US-ASCII"),
+}
+#: the enhanced status aiosmtpd's other 4xx/5xx replies get (RFC 3463), by reply code
+_DEFAULT_ENHANCED = {
+    "421": "4.3.2",
+    "451": "4.3.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.7.1",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
 
-    _SIZE_REPLIES = (
-        "552 Error: Too much mail data",
-        "552 Error: message size exceeds fixed maximum message size",
-    )
+
+def with_enhanced_status(status: str) -> str:
+    """aiosmtpd's reply ``status`` as Kairos answers it: its known refusals with a stable
+    code, any other 4xx/5xx line with an enhanced status code (RFC 2034/3463)."""
+    if status in _AIOSMTPD_REPLIES:
+        code, text = _AIOSMTPD_REPLIES[status]
+        return smtp_reply(code, text)
+    if status[:1] in ("4", "5") and len(status) >= 4 and not _ENHANCED.match(status):
+        reply_code, sep, text = status[:3], status[3], status[4:]
+        enhanced = _DEFAULT_ENHANCED.get(reply_code, f"{status[0]}.0.0")
+        return f"{reply_code}{sep}{enhanced} {text}"
+    return status
+
+
+class SubmissionSMTP(SMTP):
+    """aiosmtpd's server with enhanced status codes (and stable codes) on its own refusals."""
 
     async def push(self, status: Any) -> None:
-        if isinstance(status, str) and status in self._SIZE_REPLIES:
-            status = smtp_reply("MESSAGE_TOO_LARGE", f"at most {HARD_CAP_BYTES} bytes")
+        if isinstance(status, str):
+            status = with_enhanced_status(status)
         await super().push(status)
 
 

@@ -4,12 +4,14 @@ consume-process-commit loop for aiokafka-based services."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.logging import get_logger
@@ -52,19 +54,59 @@ async def consume(
     handle: BatchHandler,
     stop: asyncio.Event,
     max_records: int = 500,
+    backoff: tuple[float, float] = (0.2, 5.0),
 ) -> None:
     """Fetch batches, hand each to ``handle``, and commit only after it returns.
 
     ``handle`` must have made its effects durable (produced and acknowledged) before returning:
-    a crash before the commit redelivers the batch (at least once).
+    a crash before the commit redelivers the batch (at least once). Broker trouble is ridden
+    out, never a reason to exit: a failed fetch or commit is retried with backoff (a commit
+    that fails because the group rebalanced is given up: the batch is redelivered to the
+    partition's next owner, which the services' dedupe absorbs).
     """
+    delay = backoff[0]
     while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        try:
+            batches = await consumer.getmany(timeout_ms=200, max_records=max_records)
+        except KafkaError as exc:
+            log.warning("fetch failed, retrying", error=repr(exc)[:200])
+            await _pause(stop, delay)
+            delay = min(delay * 2, backoff[1])
+            continue
+        delay = backoff[0]
         # partitions side by side (one partition's records stay in one call, in order): a
         # partition with a short batch does not leave the others waiting
         await asyncio.gather(*(handle(records) for records in batches.values() if records))
         if batches:
+            await commit(consumer, stop, backoff)
+
+
+async def commit(
+    consumer: AIOKafkaConsumer, stop: asyncio.Event, backoff: tuple[float, float] = (0.2, 5.0)
+) -> bool:
+    """Commit the consumer's positions, retrying through an outage; False when the group
+    rebalanced meanwhile (the partitions' next owner reads the batch again) or ``stop`` came
+    first."""
+    delay = backoff[0]
+    while True:
+        try:
             await consumer.commit()
+            return True
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit given up after a rebalance", error=repr(exc)[:200])
+            return False
+        except KafkaError as exc:
+            if stop.is_set():
+                return False
+            log.warning("commit failed, retrying", error=repr(exc)[:200])
+            await _pause(stop, delay)
+            delay = min(delay * 2, backoff[1])
+
+
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:

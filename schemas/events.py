@@ -81,6 +81,11 @@ class Scheduled(MessageEvent):
     source: Literal["http", "smtp", "sendgrid", "retry"] = Field(description="How it came in.")
     batch_id: str | None = Field(default=None, description="Batch the message belongs to.")
     attempt: int = Field(default=1, ge=1, description="Delivery attempt this schedule is for.")
+    accept_by: datetime | None = Field(
+        default=None,
+        description="The submitter was told no unless this was appended to the schedule "
+        "stream by then (broker append time): the timer withdraws it when appended later.",
+    )
     content: MessageContent
 
 
@@ -252,7 +257,10 @@ class Cancelled(_Outcome):
 
     type: Literal["cancelled"] = "cancelled"
     schema_version: Literal[1] = 1
-    scope: Literal["message", "batch"] = Field(description="Cancelled by id or by batch.")
+    scope: Literal["message", "batch", "withdrawn"] = Field(
+        description="Cancelled by id or by batch, or withdrawn: a submission that was refused "
+        "(not durable in time) and written late."
+    )
 
 
 class CommandRejected(MessageEvent):

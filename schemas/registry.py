@@ -70,7 +70,9 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=35 * DAY_MS,
         producers=("ingest", "sender", "timer"),
         consumers=("timer", "ingest"),
-        config=_BIG,
+        # the broker's clock stamps each record: the timer withdraws a submission appended
+        # after its accept_by (the submitter was refused)
+        config={**_BIG, "message.timestamp.type": "LogAppendTime"},
     ),
     TopicSpec(
         name="due",

@@ -83,15 +83,17 @@ class LogFollower:
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=100, max_records=2000)
+                if batch:
+                    await self.handle(batch)
+                for tp in list(behind):
+                    if await consumer.position(tp) >= ends[tp]:
+                        behind.discard(tp)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # the client reconnects by itself; keep following
-                log.warning("fetch failed", error=str(exc))
+                log.warning("fetch failed", error=repr(exc)[:200])
                 await asyncio.sleep(1)
                 continue
-            if batch:
-                await self.handle(batch)
-            for tp in list(behind):
-                if await consumer.position(tp) >= ends[tp]:
-                    behind.discard(tp)
             if not behind:
                 self._caught_up.set()
             if batch:

@@ -11,7 +11,7 @@ import uvicorn
 
 from kairos.clock import Clock
 from kairos.commands import broadcast_batch_command
-from kairos.kafka.clients import make_producer
+from kairos.kafka.producer import DurableProducer
 from kairos.logging import get_logger
 from kairos.refdata.admin import admin_router
 from kairos.refdata.token import admin_token
@@ -41,8 +41,8 @@ class _Server(uvicorn.Server):
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set."""
     # a client waits for the acknowledgement: batch only what arrives within a millisecond
-    producer = make_producer(bootstrap, linger_ms=1)
-    publisher = KafkaPublisher(producer, settings.topic("schedule"))
+    producer = DurableProducer(bootstrap, "ingest", linger_ms=1)
+    publisher = KafkaPublisher(producer, settings.topic("schedule"), clock)
     view = ReferenceView(settings, bootstrap)
     token = admin_token(settings)
     assert token is not None

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.clients import make_consumer, make_producer
+from kairos.kafka.clients import make_consumer
+from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count, track_lag
 from kairos.service import HealthServer, consume
@@ -83,14 +84,19 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
     )
     dkim_keys = DkimKeys(settings.dkim_key_dir, settings.dkim_selector)
-    producer = make_producer(bootstrap)
+    producer = DurableProducer(bootstrap, "sender")
     consumer = make_consumer(bootstrap, settings.group("sender"))
     pool = RelayPool(settings)
     started = False
-    health = HealthServer("0.0.0.0", settings.health_port or 8083, lambda: started)
+    health = HealthServer(
+        "0.0.0.0", settings.health_port or 8083, lambda: started and producer.healthy
+    )
     await health.start()
     await producer.start()
     handled: set[tuple[str, int]] = set()
+    #: attempts being relayed now: a copy of a dispatch in the same fetch (or a concurrent
+    #: one) is not relayed beside it
+    in_flight: set[tuple[str, int]] = set()
 
     reload = asyncio.Event()
 
@@ -120,15 +126,24 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         except DecodeError as exc:
             log.error("poison dispatch event skipped", offset=record.offset, error=str(exc)[:200])
             return
-        if (d.message_id, d.attempt) in handled:
+        attempt = (d.message_id, d.attempt)
+        if attempt in handled or attempt in in_flight:
+            count("sender", "duplicate_skipped")
             log.info("already handled, not sent again", message_id=d.message_id, attempt=d.attempt)
             return
+        in_flight.add(attempt)
+        try:
+            await relay(d, record)
+        finally:
+            in_flight.discard(attempt)
+
+    async def relay(d: Dispatch, record: ConsumerRecord[bytes, bytes]) -> None:
         data = dkim_keys.sign(
             prepare(d.content.raw(), clock.now(), d.content.from_domain), d.content.from_domain
         )
         reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
         result = result_of(d, reply, clock.now(), policy)
-        futures = [await producer.send(outcomes_topic, encode(result.outcome), key=record.key)]
+        out = [Record(outcomes_topic, encode(result.outcome), record.key)]
         for address in result.hard_bounces:
             bounce = SuppressionState(
                 occurred_at=to_datetime(clock.now()),
@@ -137,18 +152,17 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
                 reason="hard_bounce",
                 added_at=to_datetime(clock.now()),
             )
-            futures.append(
-                await producer.send(
+            out.append(
+                Record(
                     suppressions_topic,
                     encode(bounce),
-                    key=suppression_key(d.account_id, address).encode(),
+                    suppression_key(d.account_id, address).encode(),
                 )
             )
         if result.retry is not None:
-            futures.append(
-                await producer.send(schedule_topic, encode(result.retry), key=record.key)
-            )
-        await asyncio.gather(*futures)
+            out.append(Record(schedule_topic, encode(result.retry), record.key))
+        # retried through a broker outage: relayed mail always gets its outcome
+        await producer.publish_until_done(out)
         handled.add((d.message_id, d.attempt))
         count("sender", result.outcome.type)
         if isinstance(result.outcome, Delivered):
@@ -163,13 +177,25 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
 
     reloading = asyncio.Lock()
 
+    async def reread(since: float) -> set[tuple[str, int]]:
+        """:func:`handled_attempts`, retried through a broker outage: nothing is relayed
+        before the re-read is complete."""
+        delay = 0.5
+        while True:
+            try:
+                return await handled_attempts(bootstrap, outcomes_topic, since)
+            except Exception as exc:
+                log.warning("re-reading outcomes failed, retrying", error=repr(exc)[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         # partitions are handled side by side: each waits until the re-read is done
         async with reloading:
             if reload.is_set():
                 reload.clear()
                 since = clock.now() - settings.dedupe_lookback
-                handled.update(await handled_attempts(bootstrap, outcomes_topic, since))
+                handled.update(await reread(since))
         await asyncio.gather(*(deliver(r) for r in records))
 
     lag = asyncio.create_task(track_lag("sender", consumer))

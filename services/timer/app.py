@@ -10,18 +10,19 @@ but never loses.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.clients import make_producer
+from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count
 from kairos.settings import KairosSettings
@@ -144,7 +145,8 @@ class Timer:
         )
         #: (topic, key, value, partition) encoded and waiting to be published
         self._out: list[tuple[str, bytes, bytes, int | None]] = []
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: DurableProducer | None = None
+        self.tick_failures = 0
         self.app.agent(self.schedule_topic, name="schedule", concurrency=1)(self._agent)
         self.app.on_before_shutdown.connect(cast(Any, self._stop_producer))
         if settings.tick_interval > 0:
@@ -173,25 +175,58 @@ class Timer:
         for tp in self.app.assignor.assigned_actives():
             if tp.topic == name:
                 tick = Tick(partition=tp.partition, now=now)
-                await self.schedule_topic.send(
-                    value=encode(tick), partition=tp.partition, force=True
-                )
+                try:
+                    await self.schedule_topic.send(
+                        value=encode(tick), partition=tp.partition, force=True
+                    )
+                except Exception as exc:
+                    self.tick_failures += 1
+                    log.warning("tick not sent", partition=tp.partition, error=repr(exc)[:200])
+                    return
 
     def ready(self) -> bool:
-        """Ready once partitions are assigned and the tables are recovered."""
+        """Ready once partitions are assigned and the tables are recovered, and not while
+        its producer cannot write."""
         recovery = cast(Any, self.app.tables).recovery
+        producer_ok = self._producer is None or self._producer.healthy
         return bool(
-            not self.app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
+            not self.app.rebalancing
+            and recovery.completed.is_set()
+            and not recovery.in_recovery
+            and producer_ok
         )
 
     # -- the agent -----------------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
-        """Takes the stream in batches (acknowledged by faust once the batch is handled) and
-        folds each batch into a write-back cache of the tables, written once per changed key
-        at the end: far fewer table writes and changelog records than one per event."""
+        """Takes the stream in batches and folds each batch into a write-back cache of the
+        tables, written once per changed key at the end: far fewer table writes and
+        changelog records than one per event.
+
+        faust acknowledges a batch's events when the loop asks for the next batch, and also
+        when the loop is left by an exception (``take_events`` acks in a ``finally``): an
+        exception escaping :meth:`handle_batch` would commit offsets past events whose
+        effects were never written. So nothing is let out: broker trouble is retried inside
+        (:meth:`_drain` retries until every record is acknowledged), and anything else ends
+        the process at once, before faust can acknowledge or commit, so the batch is read
+        again by the next worker."""
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
-            await self.handle_batch(events)
+            try:
+                await self.handle_batch(events)
+            except asyncio.CancelledError:
+                # stopping: the batch's offsets must not be committed either
+                self._abandon("cancelled mid-batch")
+                raise
+            except BaseException as exc:
+                log.exception("timer batch failed", error=repr(exc)[:300])
+                self._abandon(repr(exc)[:200])
+
+    def _abandon(self, why: str) -> None:
+        """Leave without committing: at least once, never lost (the next worker or the
+        restarted one reads the batch again)."""
+        log.error("timer exits without committing the batch in hand", reason=why)
+        logging.shutdown()
+        os._exit(70)
 
     async def handle_batch(self, events: list[Any]) -> None:
         states: dict[int, tuple[TimerState, Buffered, Buffered, Any]] = {}
@@ -210,12 +245,33 @@ class Timer:
             except ValueError as exc:
                 log.error("poison message skipped", partition=partition, error=str(exc)[:200])
                 continue
+            if isinstance(ev, Scheduled) and withdrawn(ev, appended_at(event.message)):
+                self._withdrawn(ev, state.partition)
+                continue
             await self.handle(state, ev, event.value)
         await self._drain()
         for _state, pending, index, first in states.values():
             _current_event.set(weakref.ref(first))
             pending.flush()
             index.flush()
+
+    def _withdrawn(self, ev: Scheduled, partition: int) -> None:
+        """A submission appended after its ``accept_by``: its submitter was told no."""
+        now = self.clock.now()
+        event = Cancelled(
+            occurred_at=to_datetime(now),
+            account_id=ev.account_id,
+            message_id=ev.message_id,
+            batch_id=ev.batch_id,
+            attempt=ev.attempt,
+            due_at=ev.due_at,
+            recipients=ev.content.rcpt_to,
+            scope="withdrawn",
+        )
+        part = partition if self.copartitioned else None
+        self._out.append((self.outcomes_name, ev.message_id.encode(), encode(event), part))
+        count("timer", "withdrawn")
+        log.warning("late submission withdrawn", message_id=ev.message_id)
 
     async def handle(self, state: TimerState, ev: Any, raw: bytes) -> None:
         """Apply one schedule-stream event to one partition's state. Whatever it fires is
@@ -289,18 +345,17 @@ class Timer:
             count("timer", "expired" if fire.kind == "expired" else kind)
 
     async def _drain(self) -> None:
-        """Publish everything queued (acks=all) and wait for every acknowledgement."""
+        """Publish everything queued (acks=all) and wait for every acknowledgement, retrying
+        on a rebuilt producer through a broker outage of any length (a retry can repeat a
+        due event: at least once, the same message id and attempt)."""
         if not self._out:
             return
         if self._producer is None:
-            producer = make_producer(self.bootstrap, linger_ms=5)
+            producer = DurableProducer(self.bootstrap, "timer", linger_ms=5)
             await producer.start()
             self._producer = producer
-        futures = [
-            await self._producer.send(topic, value, key=key, partition=part)
-            for topic, key, value, part in self._out
-        ]
-        await asyncio.gather(*futures)
+        records = [Record(topic, value, key, part) for topic, key, value, part in self._out]
+        await self._producer.publish_until_done(records)
         self._out.clear()
 
     async def _stop_producer(self, app: Any, **kwargs: Any) -> None:
@@ -308,6 +363,18 @@ class Timer:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
+
+
+def appended_at(message: Any) -> float | None:
+    """The broker's append time of a record (unix seconds), when the topic stamps it so."""
+    if getattr(message, "timestamp_type", None) == 1 and message.timestamp is not None:
+        return float(message.timestamp)
+    return None
+
+
+def withdrawn(ev: Scheduled, appended: float | None) -> bool:
+    """Was ``ev`` written after its submitter was refused (appended after ``accept_by``)?"""
+    return ev.accept_by is not None and appended is not None and appended > ev.accept_by.timestamp()
 
 
 def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:

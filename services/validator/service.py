@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from aiokafka import ConsumerRecord
 
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.clients import make_consumer, make_producer
+from kairos.kafka.clients import make_consumer
+from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger
 from kairos.metrics import count, track_lag
 from kairos.refdata.view import ReferenceView
@@ -84,11 +85,13 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     due_topic = settings.topic("due")
     dispatch_topic = settings.topic("dispatch")
     outcomes_topic = settings.topic("outcomes")
-    producer = make_producer(bootstrap)
+    producer = DurableProducer(bootstrap, "validator")
     consumer = make_consumer(bootstrap, settings.group("validator"), due_topic)
     view = ReferenceView(settings, bootstrap)
     lookup = ViewLookup(view)
-    health = HealthServer("0.0.0.0", settings.health_port or 8082, lambda: view.caught_up)
+    health = HealthServer(
+        "0.0.0.0", settings.health_port or 8082, lambda: view.caught_up and producer.healthy
+    )
     await health.start()
     await producer.start()
     await view.start()
@@ -97,7 +100,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     log.info("validator started", topic=due_topic)
 
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        futures = []
+        out: list[Record] = []
         for record in records:
             try:
                 due: Due = decode_as(record.value, Due)
@@ -109,8 +112,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             count("validator", "dispatched" if isinstance(event, Dispatch) else "failed")
             if isinstance(event, Failed):
                 log.info("rejected at send time", message_id=due.message_id, reason=event.reason)
-            futures.append(await producer.send(topic, encode(event), key=record.key))
-        await asyncio.gather(*futures)
+            out.append(Record(topic, encode(event), record.key))
+        # retried through a broker outage: the batch is committed only once all is durable
+        await producer.publish_until_done(out, stop)
 
     lag = asyncio.create_task(track_lag("validator", consumer))
     try:

@@ -205,11 +205,12 @@ def mailbox(field: Field) -> tuple[str, str]:
         parsed = _default_policy.header_factory(field.key, text)
         addresses = list(getattr(parsed, "addresses", ()))
         defects = list(getattr(parsed, "defects", ()))
+        groups = [g for g in getattr(parsed, "groups", ()) if g.display_name is not None]
     except Exception as exc:  # the parser of hostile input may fail in any way
         raise HeaderError(
             "INVALID_ADDRESS", f"{field.name} is not one email address", field.key
         ) from exc
-    if defects or len(addresses) != 1:
+    if defects or groups or len(addresses) != 1:
         raise HeaderError(
             "INVALID_ADDRESS", f"{field.name} must hold exactly one email address", field.key
         )

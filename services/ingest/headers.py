@@ -181,6 +181,19 @@ def parse(raw: bytes, max_bytes: int = MAX_HEADER_BYTES, max_fields: int = MAX_F
     return Message(fields, rest)
 
 
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def check_body(rest: bytes) -> None:
+    """The body has no NUL byte and no bare CR or LF (RFC 5321 2.3.8, RFC 6152: neither is
+    allowed without BINARYMIME, which is not offered; a bare LF before a dot is how SMTP
+    smuggling reaches a downstream MTA). Raises HeaderError (``INVALID_BODY``)."""
+    if b"\0" in rest:
+        raise HeaderError("INVALID_BODY", "the message contains a NUL byte")
+    if _BARE_EOL.search(rest):
+        raise HeaderError("INVALID_BODY", "the message contains a bare CR or LF; use CRLF")
+
+
 def check_structure(message: Message) -> Field:
     """Exactly one ``From``, at most one of each field in :data:`SINGLE_FIELDS`; returns the
     From field. Raises HeaderError (``MISSING_FROM``, ``MULTIPLE_FROM``,

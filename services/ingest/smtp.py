@@ -30,6 +30,7 @@ from services.ingest.compose import SubmitError
 from services.ingest.headers import (
     HeaderError,
     Message,
+    check_body,
     check_structure,
     envelope_domain,
     mailbox,
@@ -84,6 +85,7 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "DUPLICATE_HEADER": (554, "5.6.0"),
     "MISSING_FROM": (554, "5.6.0"),
     "MULTIPLE_FROM": (554, "5.6.0"),
+    "INVALID_BODY": (554, "5.6.0"),
     "IDEMPOTENCY_BODY_MISMATCH": (554, "5.5.0"),
     "IDEMPOTENCY_IN_FLIGHT": (451, "4.5.0"),
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
@@ -180,10 +182,12 @@ def read_submission(raw: bytes) -> Submission:
     """Check a submitted message's header block and read what Kairos needs from it (pure).
 
     Raises SubmitError: a header block that is not well-formed (see
-    :mod:`services.ingest.headers`), not exactly one From, a From or Sender that is not one
-    valid address, a Kairos header that is duplicated, empty or not ASCII."""
+    :mod:`services.ingest.headers`), a NUL or bare CR/LF in the body, not exactly one From,
+    a From or Sender that is not one valid address, a Kairos header that is duplicated,
+    empty or not ASCII."""
     try:
         message = parse(raw)
+        check_body(message.rest)
         from_field = check_structure(message)
         _, from_domain = mailbox(from_field)
         sender = message.one("sender")

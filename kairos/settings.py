@@ -82,6 +82,20 @@ class KairosSettings(BaseSettings):
         description="Accept a message unscanned when a scanner is unavailable (default: "
         "refuse it as transient, 503 / 451 4.7.0).",
     )
+    idempotency_in_flight_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds an idempotency key stays claimed by a request that has not "
+        "completed (a replica killed mid-request): then a retry may proceed. Written into each "
+        "claim, so every replica decides alike. Keep it above the longest request (scan_timeout "
+        "plus 10 s to publish); a completed key answers with its first response for 24 h.",
+    )
+    open_batch_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="Batch ids (POST /v3/mail/batch) an account may hold open at once (a batch "
+        "id is open for 10 days after it was created); past it 429 BATCH_LIMIT.",
+    )
     lifecycle_db: Path | None = Field(
         default=None,
         description="SQLite file of the ingest's lifecycle projection (message status and "

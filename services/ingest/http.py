@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -13,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
@@ -21,7 +21,7 @@ from kairos.refdata.admin import install_error_handler
 from schemas.events import Scheduled
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
 from services.ingest.checks import check_account, check_message, horizon_of
-from services.ingest.compose import EmailRequest, SubmitError, compose, error_body
+from services.ingest.compose import EmailRequest, SubmitError, check_unicode, compose, error_body
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog, body_digest
 from services.ingest.publish import Publisher, PublishError
 from services.ingest.scanners import Scanning
@@ -75,6 +75,62 @@ def _error(status: int, code: str, message: str, field: str | None) -> JSONRespo
     return JSONResponse(error_body(code, message, field), status_code=status)
 
 
+def error_for(path: str, status: int, code: str, message: str, field: str | None) -> JSONResponse:
+    """An error in the shape of the API that ``path`` belongs to: SendGrid's under ``/v3``,
+    ``{"error": {"code", "message", "field"}}`` everywhere else."""
+    if path == "/v3" or path.startswith("/v3/"):
+        REJECTED.labels("sendgrid", code).inc()
+        return JSONResponse(
+            {"errors": [{"message": message, "field": field, "help": code}]}, status_code=status
+        )
+    return _error(status, code, message, field)
+
+
+#: Stable codes of the errors the framework raises before a handler runs.
+_HTTP_CODES = {
+    400: "INVALID_REQUEST",
+    401: "UNAUTHORIZED",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "MESSAGE_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def install_error_shapes(app: FastAPI) -> None:
+    """Every error the framework answers (a body that is not JSON or not an object, a query
+    parameter of the wrong type, an unknown path or method) in the documented shape with a
+    stable code, and an unforeseen exception as a bare 500 ``INTERNAL`` (logged, its text
+    never sent)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            message = "the request body is not valid JSON"
+        else:
+            message = str(first.get("msg", "invalid request"))
+        return error_for(request.url.path, 400, "INVALID_REQUEST", message, ".".join(loc) or None)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        code = _HTTP_CODES.get(
+            exc.status_code, "INVALID_REQUEST" if exc.status_code < 500 else "INTERNAL"
+        )
+        message = exc.detail if isinstance(exc.detail, str) else "invalid request"
+        response = error_for(request.url.path, exc.status_code, code, message, None)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", path=request.url.path, error=repr(exc), exc_info=exc)
+        return error_for(request.url.path, 500, "INTERNAL", "internal error", None)
+
+
 class AccountLookup(Protocol):
     """The reference view, as the HTTP API uses it."""
 
@@ -107,12 +163,7 @@ def create_app(
         description="Scheduled email: submit now, deliver at the second you name.",
     )
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        return _error(400, "INVALID_REQUEST", str(first.get("msg")), ".".join(loc) or None)
-
+    install_error_shapes(app)
     if admin is not None:
         app.include_router(admin)
     for router in routers:
@@ -171,17 +222,22 @@ def create_app(
         message_id = str(uuid.uuid4())
         try:
             account = check_account(view.authenticate(key) if key else None)
+            check_unicode(body)
         except SubmitError as exc:
             return _error(exc.status, exc.code, exc.message, exc.field)
         claimed = False
+        deadline: float | None = None
         if idempotency_key is not None and idempotency is not None:
             if not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
                 return _error(
                     400, "INVALID_IDEMPOTENCY_KEY", "1 to 256 characters", "Idempotency-Key"
                 )
-            decision = await idempotency.claim(
-                account.account_id, idempotency_key, body_digest(body), message_id
-            )
+            try:
+                decision = await idempotency.claim(
+                    account.account_id, idempotency_key, body_digest(body), message_id
+                )
+            except SubmitError as exc:  # IdempotencyUnavailable: 503 BROKER_UNAVAILABLE
+                return _error(exc.status, exc.code, exc.message, exc.field)
             if decision.kind == "replay" and decision.response is not None:
                 return JSONResponse(
                     decision.response["body"], status_code=decision.response["status"]
@@ -200,13 +256,12 @@ def create_app(
                     "a request with this key is still in flight",
                     "Idempotency-Key",
                 )
-            claimed = True
+            claimed, deadline = True, decision.expires_at
         try:
-            status, answer = await submit(account, body, now, message_id)
+            status, answer = await submit(account, body, now, message_id, deadline)
         except SubmitError as exc:
             if claimed and idempotency is not None and idempotency_key is not None:
-                with contextlib.suppress(Exception):  # when the broker is down, it is anyway
-                    await idempotency.release(account.account_id, idempotency_key, message_id)
+                await idempotency.release(account.account_id, idempotency_key, message_id)
             return _error(exc.status, exc.code, exc.message, exc.field)
         if claimed and idempotency is not None and idempotency_key is not None:
             await idempotency.complete(
@@ -215,9 +270,15 @@ def create_app(
         return JSONResponse(answer, status_code=status)
 
     async def submit(
-        account: AccountState, body: dict[str, Any], now: float, message_id: str
+        account: AccountState,
+        body: dict[str, Any],
+        now: float,
+        message_id: str,
+        deadline: float | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Validate, compose and publish one submission; SubmitError for any refusal."""
+        """Validate, compose and publish one submission; SubmitError for any refusal.
+        ``deadline``: when this request's idempotency claim stops holding its key; past it,
+        another request may have the key, so this one must not publish."""
         try:
             req = EmailRequest.model_validate(body)
         except ValidationError as exc:
@@ -243,6 +304,13 @@ def create_app(
             source="http",
             content=content,
         )
+        if deadline is not None and clock.now() >= deadline:
+            raise SubmitError(
+                "IDEMPOTENCY_CLAIM_EXPIRED",
+                "the request took longer than its idempotency claim holds; retry",
+                "Idempotency-Key",
+                503,
+            )
         try:
             await publisher.publish(event)
         except PublishError as exc:

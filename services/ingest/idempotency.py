@@ -12,8 +12,17 @@ in log order is the winner, whichever replica wrote it:
 * a loser with the same body answers the winner's response once it is completed, else
   ``IDEMPOTENCY_IN_FLIGHT``; a loser releases its own claim at once.
 
-Claims expire after 24 h. The topic is a plain retained log (not compacted: compaction would
-keep the last record of a key, not the first claim).
+Every record carries its own expiry (``expires_at``, written by the replica that wrote it), so
+every replica reading the log decides the same way whatever its own settings: a claim that is
+still in flight lives only until its in-flight expiry (``idempotency_in_flight_timeout``, a
+minute by default), so a request that died (kill -9 of its replica) frees its key soon; a
+completed claim is replayed for 24 h. A winner whose claim expired before it published does not
+publish. The topic is a plain retained log (not compacted: compaction would keep the last record
+of a key, not the first claim).
+
+A broker that cannot take or show a claim in time is :class:`IdempotencyUnavailable` (a
+``SubmitError``: 503 ``BROKER_UNAVAILABLE`` / 451 4.3.0); writing ``completed`` or ``released``
+is best effort (the claim's expiry covers a write that failed).
 """
 
 from __future__ import annotations
@@ -30,9 +39,26 @@ from aiokafka.structs import TopicPartition
 
 from kairos.clock import Clock
 from kairos.kafka.clients import make_consumer
+from kairos.logging import get_logger
+from services.ingest.compose import SubmitError
 
+log = get_logger("kairos.ingest.idempotency")
+
+#: How long a completed key answers with its first response.
 TTL_SECONDS = 24 * 3600
+#: How long a claim whose request has not completed holds its key (the setting's default).
+IN_FLIGHT_SECONDS = 60.0
 MAX_KEY_LENGTH = 256
+_FIELDS = ("key", "state", "claim_id", "body_hash", "at", "response", "expires_at")
+
+
+class IdempotencyUnavailable(SubmitError):
+    """The claim could not be written or its verdict read in time: transient, retry."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "BROKER_UNAVAILABLE", "could not claim the idempotency key; retry", None, 503
+        )
 
 
 def key_digest(account_id: str, key: str) -> str:
@@ -53,9 +79,25 @@ class Record:
     body_hash: str
     at: float
     response: dict[str, Any] | None = None
+    #: Until when this record counts: for a claim, its in-flight expiry; for a completion,
+    #: until when it is replayed. None (records written before there was one): ``at`` plus
+    #: the defaults.
+    expires_at: float | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(self.__dict__)
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> Record | None:
+        """A record of the topic, or None for a value that is not one (it cannot be a claim)."""
+        try:
+            data = orjson.loads(value or b"")
+            return cls(**{k: data[k] for k in _FIELDS if k in data})
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return None
+
+    def expiry(self, default: float) -> float:
+        return self.expires_at if self.expires_at is not None else self.at + default
 
 
 @dataclass(frozen=True)
@@ -65,24 +107,34 @@ class Decision:
 
     kind: Literal["proceed", "replay", "in_flight", "mismatch"]
     response: dict[str, Any] | None = None
+    #: For ``proceed``: when this claim stops holding the key; publish only before it.
+    expires_at: float | None = None
 
 
-def decide(records: list[Record], mine: Record, now: float, ttl: float = TTL_SECONDS) -> Decision:
-    """The decision for claim ``mine`` given every record of its key in log order (pure)."""
+def decide(records: list[Record], mine: Record, now: float) -> Decision:
+    """The decision for claim ``mine`` given every record of its key in log order (pure).
+
+    A claim holds the key while it is not released and either completed (until the
+    completion's expiry) or in flight (until the claim's own expiry): the first such claim
+    in log order wins."""
     released = {r.claim_id for r in records if r.state == "released"}
-    completed = {r.claim_id: r.response for r in records if r.state == "completed"}
-    live = [
-        r
-        for r in records
-        if r.state == "claimed" and r.claim_id not in released and now - r.at <= ttl
-    ]
-    winner = next(iter(live), mine)
+    completed = {r.claim_id: r for r in records if r.state == "completed"}
+
+    def holds(claim: Record) -> bool:
+        if claim.state != "claimed" or claim.claim_id in released:
+            return False
+        done = completed.get(claim.claim_id)
+        if done is not None:
+            return now < done.expiry(TTL_SECONDS)
+        return now < claim.expiry(IN_FLIGHT_SECONDS)
+
+    winner = next((r for r in records if holds(r)), mine)
     if winner.claim_id == mine.claim_id:
-        return Decision("proceed")
+        return Decision("proceed", expires_at=mine.expiry(IN_FLIGHT_SECONDS))
     if winner.body_hash != mine.body_hash:
         return Decision("mismatch")
     if winner.claim_id in completed:
-        return Decision("replay", completed[winner.claim_id])
+        return Decision("replay", completed[winner.claim_id].response)
     return Decision("in_flight")
 
 
@@ -90,9 +142,19 @@ class IdempotencyLog:
     """Follows the ``idempotency`` topic and arbitrates claims."""
 
     def __init__(
-        self, producer: AIOKafkaProducer, bootstrap: str, topic: str, clock: Clock
+        self,
+        producer: AIOKafkaProducer,
+        bootstrap: str,
+        topic: str,
+        clock: Clock,
+        in_flight_timeout: float = IN_FLIGHT_SECONDS,
+        timeout: float = 10.0,
     ) -> None:
         self.producer, self.bootstrap, self.topic, self.clock = producer, bootstrap, topic, clock
+        #: how long this replica's claims hold their key while in flight
+        self.in_flight_timeout = in_flight_timeout
+        #: how long writing a record, and then reading the verdict, may take
+        self.timeout = timeout
         self.records: dict[str, list[Record]] = {}
         self._positions: dict[int, int] = {}
         self._moved = asyncio.Condition()
@@ -123,28 +185,49 @@ class IdempotencyLog:
             batch = await consumer.getmany(timeout_ms=50)
             for tp, records in batch.items():
                 for r in records:
-                    rec = Record(**orjson.loads(r.value))
-                    self.records.setdefault(rec.key, []).append(rec)
+                    rec = Record.decode(r.value)
+                    if rec is not None:
+                        self.records.setdefault(rec.key, []).append(rec)
                 self._positions[tp.partition] = records[-1].offset + 1
             if batch:
                 async with self._moved:
                     self._moved.notify_all()
 
     async def _write(self, record: Record) -> tuple[int, int]:
-        meta = await self.producer.send_and_wait(
-            self.topic, record.encode(), key=record.key.encode()
+        meta = await asyncio.wait_for(
+            self.producer.send_and_wait(self.topic, record.encode(), key=record.key.encode()),
+            self.timeout,
         )
         return meta.partition, meta.offset
 
+    async def _try_write(self, record: Record) -> bool:
+        """Best effort: False (logged) when the record could not be written in time."""
+        try:
+            await self._write(record)
+        except Exception as exc:  # the broker's errors are many; this write may be lost
+            log.warning("idempotency record not written", state=record.state, error=repr(exc))
+            return False
+        return True
+
     async def claim(self, account_id: str, key: str, body_hash: str, claim_id: str) -> Decision:
-        """Claim ``key`` for this request and wait for the log's verdict."""
+        """Claim ``key`` for this request and wait for the log's verdict. Raises
+        :class:`IdempotencyUnavailable` when the broker does not take the claim, or the log
+        does not show it, within ``timeout`` each."""
         digest = key_digest(account_id, key)
-        mine = Record(digest, "claimed", claim_id, body_hash, self.clock.now())
-        partition, offset = await self._write(mine)
-        async with self._moved:
-            await asyncio.wait_for(
-                self._moved.wait_for(lambda: self._positions.get(partition, -1) > offset), 30
-            )
+        now = self.clock.now()
+        mine = Record(
+            digest, "claimed", claim_id, body_hash, now, expires_at=now + self.in_flight_timeout
+        )
+        try:
+            partition, offset = await self._write(mine)
+            async with self._moved:
+                await asyncio.wait_for(
+                    self._moved.wait_for(lambda: self._positions.get(partition, -1) > offset),
+                    self.timeout,
+                )
+        except Exception as exc:  # KafkaError, a timeout, a follower that stopped
+            log.warning("idempotency claim failed", error=repr(exc))
+            raise IdempotencyUnavailable() from exc
         decision = decide(self.records.get(digest, []), mine, self.clock.now())
         if decision.kind != "proceed":
             await self.release(account_id, key, claim_id)
@@ -153,17 +236,19 @@ class IdempotencyLog:
     async def complete(
         self, account_id: str, key: str, claim_id: str, response: dict[str, Any]
     ) -> None:
-        """Record the winner's response, for later duplicates to replay."""
-        await self._write(
-            Record(
-                key_digest(account_id, key), "completed", claim_id, "", self.clock.now(), response
-            )
+        """Record the winner's response, for later duplicates to replay (best effort: when it
+        is not written, the claim frees the key at its in-flight expiry)."""
+        now = self.clock.now()
+        digest = key_digest(account_id, key)
+        await self._try_write(
+            Record(digest, "completed", claim_id, "", now, response, now + TTL_SECONDS)
         )
 
     async def release(self, account_id: str, key: str, claim_id: str) -> None:
-        """Withdraw a claim (the request failed, or lost)."""
-        await self._write(
-            Record(key_digest(account_id, key), "released", claim_id, "", self.clock.now())
+        """Withdraw a claim (the request failed, or lost); best effort, as ``complete``."""
+        now = self.clock.now()
+        await self._try_write(
+            Record(key_digest(account_id, key), "released", claim_id, "", now, expires_at=now)
         )
 
     async def stop(self) -> None:

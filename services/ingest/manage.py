@@ -33,6 +33,8 @@ from services.ingest.schedule import resolve_scheduled_at as _resolve
 
 #: How long a command waits for the timer's answer before replying 202 ("requested").
 COMMAND_WAIT_SECONDS = 5.0
+#: Due seconds are SQLite integers (64 bits signed).
+_INT64 = range(-(2**63), 2**63)
 
 
 class CommandPublisher(Protocol):
@@ -177,16 +179,13 @@ def manage_router(
                     raise SubmitError(
                         "INVALID_QUERY", f"unknown status {s!r}; one of {STATUSES}", "status"
                     )
-            bounds = []
-            for name, value in (("due_from", due_from), ("due_to", due_to)):
-                try:
-                    bounds.append(None if value is None else parse_time(_number(value), name))
-                except ScheduleError as exc:
-                    raise SubmitError("INVALID_QUERY", exc.message, name) from exc
+            bounds = [parse_bound(due_from, "due_from"), parse_bound(due_to, "due_to")]
             try:
                 after = decode_cursor(cursor) if cursor else None
             except ValueError as exc:
                 raise SubmitError("INVALID_QUERY", str(exc), "cursor") from exc
+            if after is not None and after[0] not in _INT64:
+                raise SubmitError("INVALID_QUERY", "not a cursor of this API", "cursor")
             rows = store.list(
                 account.account_id, wanted, batch_id, bounds[0], bounds[1], limit + 1, after
             )
@@ -280,6 +279,12 @@ def manage_router(
     return router
 
 
-def _number(value: str) -> int | str:
-    """A query value: unix seconds when it is all digits, else the string (RFC 3339)."""
-    return int(value) if value.lstrip("-").isdigit() else value
+def parse_bound(value: str | None, name: str) -> int | None:
+    """A ``due_from``/``due_to`` query value (unix seconds, ASCII digits, at most 12 of them,
+    or RFC 3339 with an offset); SubmitError ``INVALID_QUERY`` otherwise."""
+    if value is None:
+        return None
+    try:
+        return parse_time(value, name)
+    except ScheduleError as exc:
+        raise SubmitError("INVALID_QUERY", exc.message, name) from exc

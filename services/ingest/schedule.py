@@ -15,9 +15,10 @@ MAX_HORIZON_SECONDS = 30 * 24 * 3600
 
 _RFC3339 = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[Tt](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d{1,9}))?"
-    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$",
+    re.ASCII,
 )
-_UNIX = re.compile(r"^\s*-?\d{1,12}\s*$")
+_UNIX = re.compile(r"^\s*-?\d{1,12}\s*$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ def parse_time(value: Any, field: str = "scheduledAt") -> int:
     text = value.strip()
     if _UNIX.match(text):
         return int(text)
-    if re.match(r"^\s*-?\d+\.\d+\s*$", text):
+    if re.match(r"^\s*-?\d+\.\d+\s*$", text, re.ASCII):
         raise ScheduleError("SCHEDULED_AT_FRACTIONAL", "whole seconds only; got a fraction", field)
-    match = _RFC3339.match(text)
+    match = _RFC3339.fullmatch(text)
     if match is None:
         raise ScheduleError(
             "SCHEDULED_AT_INVALID",
@@ -81,9 +82,11 @@ def parse_time(value: Any, field: str = "scheduledAt") -> int:
         tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
     try:
         moment = datetime.fromisoformat(f"{match['date']}T{match['time']}").replace(tzinfo=tz)
-    except ValueError as exc:
-        raise ScheduleError("SCHEDULED_AT_INVALID", f"not a real date-time: {exc}", field) from exc
-    return int(moment.timestamp())
+        return int(moment.timestamp())
+    except (ValueError, OverflowError) as exc:
+        raise ScheduleError(
+            "SCHEDULED_AT_INVALID", f"{text!r} is not a real date-time", field
+        ) from exc
 
 
 def check_window(

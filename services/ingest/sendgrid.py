@@ -14,22 +14,26 @@ scoped to the API key's account: another account's batch is an invalid batch id.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import secrets
 import uuid
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from kairos.clock import Clock, to_datetime
+from kairos.logging import get_logger
 from kairos.metrics import REJECTED, count
 from kairos.refdata.commands import Record
+from kairos.settings import KairosSettings
 from schemas.events import MessageContent, Scheduled
 from schemas.reference import AccountState, BatchState
 from services.ingest.checks import check_message, horizon_of
-from services.ingest.compose import EmailRequest, SubmitError, compose
+from services.ingest.compose import EmailRequest, SubmitError, check_line, check_unicode, compose
 from services.ingest.manage import authenticate
 from services.ingest.scanners import Scanning
 from services.ingest.schedule import ScheduleError, check_window
@@ -39,6 +43,9 @@ SENDGRID_HORIZON_SECONDS = 72 * 3600
 #: A batch id is valid this long after it was created.
 BATCH_VALIDITY = timedelta(days=10)
 MAX_PERSONALIZATIONS = 1000
+#: Open batch ids an account may hold at once (the setting's default).
+OPEN_BATCH_LIMIT: int = KairosSettings.model_fields["open_batch_limit"].default
+log = get_logger("kairos.ingest.sendgrid")
 #: Accepted and ignored: they change nothing about when or whether a message is sent.
 _IGNORED = {
     "categories",
@@ -85,10 +92,43 @@ def _from_submit(exc: SubmitError) -> JSONResponse:
     return sg_error(exc.status, exc.message, exc.field, exc.code)
 
 
+def _invalid(message: str, field: str) -> SubmitError:
+    return SubmitError("INVALID_REQUEST", message, field)
+
+
+def _string(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise _invalid(f"{field} must be a string", field)
+    return value
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    """``value`` if it is an object; ``{}`` for null or absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid(f"{field} must be an object", field)
+    return value
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    """``value`` if it is a list; ``[]`` for null or absent."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _invalid(f"{field} must be a list", field)
+    return value
+
+
 def _address(value: Any, field: str) -> str:
     if not isinstance(value, dict) or not isinstance(value.get("email"), str):
         raise SubmitError("INVALID_REQUEST", "an object with an email is required", field)
     name = value.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _invalid(f"{field}.name must be a string", f"{field}.name")
+    check_line(value["email"], f"{field}.email")
+    if name:
+        check_line(name, f"{field}.name")
     return email.utils.formataddr((name, value["email"])) if name else str(value["email"])
 
 
@@ -98,6 +138,14 @@ def _addresses(values: Any, field: str) -> list[str] | None:
     if not isinstance(values, list):
         raise SubmitError("INVALID_REQUEST", "a list of {email, name} objects is required", field)
     return [_address(v, f"{field}[{i}]") for i, v in enumerate(values)]
+
+
+def _headers(value: Any, field: str) -> dict[str, str]:
+    headers = _object(value, field)
+    for name, v in headers.items():
+        if not isinstance(v, str):
+            raise _invalid("header values are strings", f"{field}.{name}")
+    return headers
 
 
 def _send_at(value: Any, field: str, now: float, horizon: int) -> int | None:
@@ -111,12 +159,43 @@ def _send_at(value: Any, field: str, now: float, horizon: int) -> int | None:
         raise SubmitError(exc.code, exc.message, exc.field) from exc
 
 
+def personalizations(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The personalizations of a ``/v3/mail/send`` body: 1 to 1000 objects."""
+    people = body.get("personalizations")
+    if not isinstance(people, list) or not people:
+        raise SubmitError("INVALID_REQUEST", "at least one personalization is required",
+                          "personalizations")  # fmt: skip
+    if len(people) > MAX_PERSONALIZATIONS:
+        raise SubmitError(
+            "TOO_MANY_RECIPIENTS",
+            f"at most {MAX_PERSONALIZATIONS} personalizations",
+            "personalizations",
+        )
+    for i, p in enumerate(people):
+        if not isinstance(p, dict):
+            raise SubmitError("INVALID_REQUEST", "a personalization is an object",
+                              f"personalizations[{i}]")  # fmt: skip
+    return people
+
+
+def sandboxed(body: dict[str, Any]) -> bool:
+    """``mail_settings.sandbox_mode.enable``: validate, do not send."""
+    settings = _object(body.get("mail_settings"), "mail_settings")
+    sandbox = _object(settings.get("sandbox_mode"), "mail_settings.sandbox_mode")
+    enable = sandbox.get("enable", False)
+    if not isinstance(enable, bool):
+        raise _invalid("must be a boolean", "mail_settings.sandbox_mode.enable")
+    return enable
+
+
 def personalize(
     body: dict[str, Any], now: float, horizon: int
 ) -> list[tuple[EmailRequest, int | None]]:
     """The messages of a ``/v3/mail/send`` body: one per personalization, with its due second
-    (None: now). Raises SubmitError for anything SendGrid would refuse, and for what Kairos
-    cannot honour (templates, ``send_each_at``)."""
+    (None: now). Raises SubmitError for anything SendGrid would refuse (a field of the wrong
+    type is ``INVALID_REQUEST`` naming it), and for what Kairos cannot honour (templates,
+    ``send_each_at``)."""
+    check_unicode(body)
     for unsupported in ("template_id", "send_each_at"):
         if body.get(unsupported) is not None:
             raise SubmitError(
@@ -129,53 +208,54 @@ def personalize(
     for name in body:
         if name not in known:
             raise SubmitError("INVALID_REQUEST", f"unknown field {name}", name)
-    people = body.get("personalizations")
-    if not isinstance(people, list) or not people:
-        raise SubmitError("INVALID_REQUEST", "at least one personalization is required",
-                          "personalizations")  # fmt: skip
-    if len(people) > MAX_PERSONALIZATIONS:
-        raise SubmitError(
-            "TOO_MANY_RECIPIENTS",
-            f"at most {MAX_PERSONALIZATIONS} personalizations",
-            "personalizations",
-        )
+    people = personalizations(body)
+    sandboxed(body)
     sender = _address(body.get("from"), "from")
     reply_to = _address(body["reply_to"], "reply_to") if body.get("reply_to") else None
     text = html = None
-    for i, part in enumerate(body.get("content") or []):
+    for i, part in enumerate(_list(body.get("content"), "content")):
         kind = part.get("type") if isinstance(part, dict) else None
+        value = part.get("value", "") if isinstance(part, dict) else None
+        if kind in ("text/plain", "text/html") and not isinstance(value, str):
+            raise _invalid("content values are strings", f"content[{i}].value")
         if kind == "text/plain":
-            text = str(part.get("value", ""))
+            text = value
         elif kind == "text/html":
-            html = str(part.get("value", ""))
+            html = value
         else:
             raise SubmitError(
                 "INVALID_REQUEST", "content types are text/plain and text/html",
                 f"content[{i}].type",
             )  # fmt: skip
-    attachments = [
-        {
-            "filename": a.get("filename", f"attachment-{i}"),
-            "content": a.get("content", ""),
-            "contentType": a.get("type") or "application/octet-stream",
-        }
-        for i, a in enumerate(body.get("attachments") or [])
-        if isinstance(a, dict)
-    ]
+    attachments = []
+    for i, a in enumerate(_list(body.get("attachments"), "attachments")):
+        field = f"attachments[{i}]"
+        a = _object(a, field)
+        attachments.append(
+            {
+                "filename": _string(a.get("filename", f"attachment-{i}"), f"{field}.filename"),
+                "content": _string(a.get("content", ""), f"{field}.content"),
+                "contentType": _string(a.get("type") or "application/octet-stream",
+                                       f"{field}.type"),
+            }
+        )  # fmt: skip
+    common_headers = _headers(body.get("headers"), "headers")
+    top_subject = body.get("subject")
+    if top_subject is not None:
+        _string(top_subject, "subject")
     top_due = _send_at(body.get("send_at"), "send_at", now, horizon)
     out = []
     for i, p in enumerate(people):
-        if not isinstance(p, dict):
-            raise SubmitError("INVALID_REQUEST", "a personalization is an object",
-                              f"personalizations[{i}]")  # fmt: skip
         field = f"personalizations[{i}]"
         to = _addresses(p.get("to"), f"{field}.to")
         if not to:
             raise SubmitError("MISSING_RECIPIENT", "at least one to address", f"{field}.to")
         due = _send_at(p.get("send_at"), f"{field}.send_at", now, horizon)
-        subject = p.get("subject", body.get("subject"))
+        subject = p.get("subject", top_subject)
         if not subject:
             raise SubmitError("INVALID_REQUEST", "a subject is required", "subject")
+        subject = _string(subject, f"{field}.subject")
+        headers = {**common_headers, **_headers(p.get("headers"), f"{field}.headers")}
         try:
             req = EmailRequest.model_validate(
                 {
@@ -184,10 +264,10 @@ def personalize(
                     "cc": _addresses(p.get("cc"), f"{field}.cc"),
                     "bcc": _addresses(p.get("bcc"), f"{field}.bcc"),
                     "reply_to": reply_to,
-                    "subject": str(subject),
+                    "subject": subject,
                     "text": text,
                     "html": html,
-                    "headers": {**(body.get("headers") or {}), **(p.get("headers") or {})} or None,
+                    "headers": headers or None,
                     "attachments": attachments or None,
                 }
             )
@@ -195,6 +275,13 @@ def personalize(
             raise SubmitError("INVALID_REQUEST", str(exc).splitlines()[0], field) from exc
         out.append((req, due if due is not None else top_due))
     return out
+
+
+def open_batches(batches: Iterable[BatchState], account_id: str, now: datetime) -> int:
+    """How many batch ids of ``account_id`` are still valid at ``now`` (pure)."""
+    return sum(
+        1 for b in batches if b.account_id == account_id and now - b.created_at <= BATCH_VALIDITY
+    )
 
 
 def new_batch_id() -> str:
@@ -210,10 +297,14 @@ def sendgrid_router(
     clock: Clock,
     lookup: Any,
     scanning: Scanning | None = None,
+    open_batch_limit: int = OPEN_BATCH_LIMIT,
 ) -> APIRouter:
     """``/v3``: mail send, batch ids, scheduled sends. ``lookup`` is the reference view used
-    by the submit-time checks (domains, suppressions)."""
+    by the submit-time checks (domains, suppressions). An account holds at most
+    ``open_batch_limit`` valid batch ids (per replica exactly; replicas racing may each let
+    one more through)."""
     router = APIRouter(prefix="/v3", tags=["sendgrid"])
+    creating: dict[str, asyncio.Lock] = {}
 
     def valid_batch(account: AccountState, batch_id: str) -> BatchState | None:
         batch = view.batch(account.account_id, batch_id)
@@ -221,7 +312,12 @@ def sendgrid_router(
             return None
         return batch
 
-    @router.post("/mail/send", status_code=202)
+    @router.post(
+        "/mail/send",
+        status_code=202,
+        responses=_MAIL_SEND_RESPONSES,
+        openapi_extra={"requestBody": _MAIL_SEND_BODY},
+    )
     async def mail_send(
         request: Request, authorization: str | None = Header(default=None)
     ) -> Response:
@@ -239,8 +335,7 @@ def sendgrid_router(
             return sg_error(400, "the request body is an object", None, "INVALID_REQUEST")
         try:
             scheduled = body.get("send_at") is not None or any(
-                isinstance(p, dict) and p.get("send_at") is not None
-                for p in body.get("personalizations") or []
+                p.get("send_at") is not None for p in personalizations(body)
             )
             horizon = horizon_of(account, scheduled, SENDGRID_HORIZON_SECONDS)
             messages = personalize(body, now, horizon)
@@ -270,8 +365,7 @@ def sendgrid_router(
                 )
         except SubmitError as exc:
             return _from_submit(exc)
-        sandbox = (body.get("mail_settings") or {}).get("sandbox_mode") or {}
-        if isinstance(sandbox, dict) and sandbox.get("enable"):
+        if sandboxed(body):
             return Response(status_code=200)
         try:
             await publisher.publish_many(events)
@@ -286,21 +380,44 @@ def sendgrid_router(
             },
         )
 
-    @router.post("/mail/batch", status_code=201)
+    @router.post(
+        "/mail/batch",
+        status_code=201,
+        responses={
+            429: {"description": "The account holds as many open batch ids as it may"},
+            503: {"description": "Not durable yet; retry"},
+        },
+    )
     async def create_batch(authorization: str | None = Header(default=None)) -> JSONResponse:
-        """A new batch id, valid for 10 days."""
+        """A new batch id, valid for 10 days; 429 ``BATCH_LIMIT`` when the account already
+        holds its limit of open (unexpired) batch ids."""
         try:
             account = authenticate(view, authorization)
         except SubmitError as exc:
             return sg_error(exc.status, _AUTH_MESSAGE, None, exc.code)
-        now = to_datetime(clock.now())
-        batch = BatchState(
-            occurred_at=now,
-            account_id=account.account_id,
-            batch_id=new_batch_id(),
-            created_at=now,
-        )
-        await writer.apply([Record("batches", batch.batch_id, batch)])
+        # one creation at a time per account: the count must include the batch just written
+        async with creating.setdefault(account.account_id, asyncio.Lock()):
+            now = to_datetime(clock.now())
+            known: dict[str, BatchState] = getattr(view, "batches", {})
+            if open_batches(known.values(), account.account_id, now) >= open_batch_limit:
+                return sg_error(
+                    429,
+                    f"at most {open_batch_limit} open batch ids per account; a batch id "
+                    f"expires {BATCH_VALIDITY.days} days after its creation",
+                    None,
+                    "BATCH_LIMIT",
+                )
+            batch = BatchState(
+                occurred_at=now,
+                account_id=account.account_id,
+                batch_id=new_batch_id(),
+                created_at=now,
+            )
+            try:
+                await writer.apply([Record("batches", batch.batch_id, batch)])
+            except Exception as exc:  # the broker's errors are many: none is a yes
+                log.warning("batch not stored", error=repr(exc))
+                return sg_error(503, "could not store the batch; retry", None, "BROKER_UNAVAILABLE")
         return JSONResponse({"batch_id": batch.batch_id}, status_code=201)
 
     @router.get("/mail/batch/{batch_id}")
@@ -319,13 +436,21 @@ def sendgrid_router(
     async def set_status(
         account: AccountState, batch: BatchState, status: Literal["pause", "cancel"] | None
     ) -> None:
-        if status is None:
-            await broadcast(account.account_id, batch.batch_id, "resume")
-        else:
-            await broadcast(account.account_id, batch.batch_id, status)
-        now = to_datetime(clock.now())
-        new = batch.model_copy(update={"status": status, "occurred_at": now})
-        await writer.apply([Record("batches", batch.batch_id, new)])
+        """Broadcast the batch command, then record the status; SubmitError 503 when the
+        broker does not take either."""
+        try:
+            if status is None:
+                await broadcast(account.account_id, batch.batch_id, "resume")
+            else:
+                await broadcast(account.account_id, batch.batch_id, status)
+            now = to_datetime(clock.now())
+            new = batch.model_copy(update={"status": status, "occurred_at": now})
+            await writer.apply([Record("batches", batch.batch_id, new)])
+        except Exception as exc:  # the broker's errors are many: none is a yes
+            log.warning("batch status not stored", error=repr(exc))
+            raise SubmitError(
+                "BROKER_UNAVAILABLE", "could not store the status; retry", None, 503
+            ) from exc
 
     def parse_status(body: Any) -> Literal["pause", "cancel"]:
         status = body.get("status") if isinstance(body, dict) else None
@@ -435,3 +560,96 @@ def sendgrid_router(
 
 
 _AUTH_MESSAGE = "The provided authorization grant is invalid, expired, or revoked"
+
+_ADDRESS = {
+    "type": "object",
+    "required": ["email"],
+    "properties": {"email": {"type": "string"}, "name": {"type": "string"}},
+}
+_ADDRESSES = {"type": "array", "items": _ADDRESS}
+_HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
+#: The documented shape of a ``/v3/mail/send`` body (validated by hand, for SendGrid's errors).
+_MAIL_SEND_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["personalizations", "from"],
+                "properties": {
+                    "personalizations": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_PERSONALIZATIONS,
+                        "items": {
+                            "type": "object",
+                            "required": ["to"],
+                            "properties": {
+                                "to": _ADDRESSES,
+                                "cc": _ADDRESSES,
+                                "bcc": _ADDRESSES,
+                                "subject": {"type": "string"},
+                                "headers": _HEADERS,
+                                "send_at": {"type": "integer"},
+                            },
+                        },
+                    },
+                    "from": _ADDRESS,
+                    "reply_to": _ADDRESS,
+                    "subject": {"type": "string"},
+                    "content": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "value"],
+                            "properties": {
+                                "type": {"type": "string", "enum": ["text/plain", "text/html"]},
+                                "value": {"type": "string"},
+                            },
+                        },
+                    },
+                    "attachments": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["content", "filename"],
+                            "properties": {
+                                "content": {"type": "string", "description": "base64"},
+                                "filename": {"type": "string"},
+                                "type": {"type": "string"},
+                            },
+                        },
+                    },
+                    "headers": _HEADERS,
+                    "send_at": {"type": "integer"},
+                    "batch_id": {"type": "string"},
+                    "mail_settings": {
+                        "type": "object",
+                        "properties": {
+                            "sandbox_mode": {
+                                "type": "object",
+                                "properties": {"enable": {"type": "boolean"}},
+                            }
+                        },
+                    },
+                },
+            },
+            "example": {
+                "personalizations": [{"to": [{"email": "user@example.org"}]}],
+                "from": {"email": "hello@example.com", "name": "Hello"},
+                "subject": "Reminder",
+                "content": [{"type": "text/plain", "value": "See you tomorrow."}],
+                "send_at": 1800000000,
+            },
+        }
+    },
+}
+_SG_ERROR = {"description": "SendGrid's error shape: {errors: [{message, field, help}]}"}
+_MAIL_SEND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Sandbox mode: valid, not sent"},
+    400: _SG_ERROR,
+    401: _SG_ERROR,
+    403: _SG_ERROR,
+    413: _SG_ERROR,
+    503: _SG_ERROR,
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.ingest.idempotency import Record, body_digest, decide
+from services.ingest.idempotency import Decision, Record, body_digest, decide
 
 NOW = 1_800_000_000.0
 
@@ -35,3 +35,53 @@ def test_released_and_expired_claims_do_not_win() -> None:
 def test_body_hash_ignores_key_order() -> None:
     assert body_digest({"a": 1, "b": [1, 2]}) == body_digest({"b": [1, 2], "a": 1})
     assert body_digest({"a": 1}) != body_digest({"a": 2})
+
+
+def in_flight(cid: str, at: float = NOW, expires_in: float = 60.0, body: str = "b") -> Record:
+    return Record("k", "claimed", cid, body, at, expires_at=at + expires_in)
+
+
+def test_a_claim_whose_request_died_frees_its_key_at_its_own_expiry() -> None:
+    """A replica killed mid-request never writes completed or released: its claim holds the
+    key only until the expiry it carries, not for 24 h."""
+    dead = in_flight("dead")
+    retry_early = in_flight("early", at=NOW + 30)
+    assert decide([dead, retry_early], retry_early, NOW + 30).kind == "in_flight"
+    lost = Record("k", "released", "early", "", NOW + 30)  # a loser releases its claim
+    retry = in_flight("retry", at=NOW + 60)
+    assert decide([dead, retry_early, lost, retry], retry, NOW + 60).kind == "proceed"
+    assert decide([dead, retry], retry, NOW + 61).kind == "proceed"
+
+
+def test_the_claim_decides_its_expiry_not_the_reader() -> None:
+    """Replicas configured differently read the same log the same way."""
+    short = in_flight("short", expires_in=5)
+    long = in_flight("long", expires_in=600)
+    later = in_flight("later", at=NOW + 100)
+    assert decide([short, later], later, NOW + 100).kind == "proceed"
+    assert decide([long, later], later, NOW + 100).kind == "in_flight"
+
+
+def test_a_completed_claim_is_replayed_until_its_completion_expires() -> None:
+    first = in_flight("first")
+    response = {"status": 202, "body": {"id": "first"}}
+    done = Record("k", "completed", "first", "", NOW + 1, response, NOW + 1 + 24 * 3600)
+    retry = in_flight("retry", at=NOW + 3600)
+    assert decide([first, done, retry], retry, NOW + 3600) == Decision("replay", response)
+    late = in_flight("late", at=NOW + 1 + 24 * 3600)
+    assert decide([first, done, late], late, late.at).kind == "proceed"
+
+
+def test_a_winner_learns_when_its_claim_stops_holding_the_key() -> None:
+    mine = in_flight("mine", expires_in=60)
+    assert decide([mine], mine, NOW) == Decision("proceed", expires_at=NOW + 60)
+
+
+def test_records_of_old_replicas_and_garbage_decode_safely() -> None:
+    old = Record.decode(b'{"key":"k","state":"claimed","claim_id":"a","body_hash":"b","at":1.0}')
+    assert old is not None and old.expiry(60) == 61.0
+    newer = Record.decode(in_flight("a").encode()[:-1] + b',"future":1}')
+    assert newer == in_flight("a")
+    assert Record.decode(b"not json") is None
+    assert Record.decode(b'{"key":"k"}') is None
+    assert Record.decode(None) is None

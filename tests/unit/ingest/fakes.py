@@ -1,0 +1,212 @@
+"""In-memory stand-ins for the ingest HTTP application's collaborators: the reference view,
+the publisher, the reference writer, the lifecycle projection, and a producer that loops an
+idempotency log's records straight back into it (no broker)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from fastapi import FastAPI
+
+from kairos.clock import FakeClock, to_datetime
+from kairos.refdata.commands import Record as RefRecord
+from schemas.events import MessageEvent, Scheduled
+from schemas.reference import AccountState, BatchState, DomainState, Plan, SuppressionState
+from services.ingest.http import create_app
+from services.ingest.idempotency import IdempotencyLog, Record
+from services.ingest.lifecycle import LifecycleStore
+from services.ingest.manage import manage_router
+from services.ingest.publish import PublishError
+from services.ingest.sendgrid import sendgrid_router
+
+API_KEY = "kai_unit-test"
+ACCOUNT = "acc_unit"
+EPOCH = datetime.fromisoformat("2020-01-01T00:00:00+00:00")
+
+
+class View:
+    """Reference data: one active account on plan pro, its verified domain example.com."""
+
+    caught_up = True
+
+    def __init__(self) -> None:
+        self.batches: dict[str, BatchState] = {}
+        self.account_state = AccountState(
+            occurred_at=EPOCH,
+            account_id=ACCOUNT,
+            name="unit",
+            status="active",
+            plan=Plan(
+                name="pro",
+                max_recipients=50,
+                max_message_bytes=10_000_000,
+                max_horizon_seconds=30 * 86400,
+                scheduling_allowed=True,
+            ),
+            created_at=EPOCH,
+        )
+
+    def authenticate(self, api_key: str) -> AccountState | None:
+        return self.account_state if api_key == API_KEY else None
+
+    def account(self, account_id: str) -> AccountState | None:
+        return self.account_state if account_id == ACCOUNT else None
+
+    def domain(self, account_id: str, domain: str) -> DomainState | None:
+        if account_id != ACCOUNT or domain != "example.com":
+            return None
+        return DomainState(
+            occurred_at=EPOCH,
+            account_id=account_id,
+            domain=domain,
+            verified=True,
+            changed_at=EPOCH,
+        )
+
+    def suppression(self, account_id: str, address: str) -> SuppressionState | None:
+        return None
+
+    def batch(self, account_id: str, batch_id: str) -> BatchState | None:
+        b = self.batches.get(batch_id)
+        return b if b is not None and b.account_id == account_id else None
+
+
+class Publisher:
+    """Keeps what it is given; ``down`` makes every publish fail as the broker would."""
+
+    def __init__(self) -> None:
+        self.events: list[MessageEvent] = []
+        self.down = False
+
+    async def publish(self, event: Scheduled) -> None:
+        await self.publish_many([event])
+
+    async def publish_many(self, events: list[Any]) -> None:
+        if self.down:
+            raise PublishError("KafkaConnectionError")
+        self.events.extend(events)
+
+    async def command(self, event: MessageEvent) -> None:
+        await self.publish_many([event])
+
+    def ready(self) -> bool:
+        return True
+
+
+class Writer:
+    """The reference writer: applies records to the view at once (or fails when ``down``)."""
+
+    def __init__(self, view: View) -> None:
+        self.view, self.down = view, False
+
+    async def apply(self, records: list[RefRecord]) -> None:
+        if self.down:
+            raise PublishError("KafkaConnectionError")
+        for r in records:
+            if r.topic == "batches":
+                assert isinstance(r.value, BatchState)
+                self.view.batches[r.key] = r.value
+
+
+class Projection:
+    """The lifecycle projection over an in-memory store, never catching up on anything."""
+
+    caught_up = True
+
+    def __init__(self, path: Path | str = ":memory:") -> None:
+        self.store = LifecycleStore(path)
+
+    async def sync(self, limit: float = 2.0) -> bool:
+        return False
+
+    async def wait_until(self, predicate: Any, timeout: float) -> bool:
+        return bool(predicate())
+
+
+class LoopbackProducer:
+    """A producer for an :class:`IdempotencyLog` whose records are in the log as soon as
+    written (what following the topic would show). ``error``: raised by every write;
+    ``hang``: writes never finish."""
+
+    def __init__(self) -> None:
+        self.log: IdempotencyLog | None = None
+        self.error: Exception | None = None
+        self.hang = False
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> Any:
+        if self.error is not None:
+            raise self.error
+        if self.hang:
+            import asyncio
+
+            await asyncio.Event().wait()
+        assert self.log is not None
+        record = Record.decode(value)
+        assert record is not None
+        self.log.records.setdefault(record.key, []).append(record)
+        offset = self.log._positions.get(0, 0)
+        self.log._positions[0] = offset + 1
+        return SimpleNamespace(partition=0, offset=offset)
+
+
+def idempotency_log(clock: FakeClock, in_flight: float = 60.0) -> IdempotencyLog:
+    producer = LoopbackProducer()
+    log = IdempotencyLog(
+        producer,  # type: ignore[arg-type]
+        "unused:9092",
+        "idempotency",
+        clock,
+        in_flight_timeout=in_flight,
+        timeout=0.5,
+    )
+    producer.log = log
+    return log
+
+
+class Ingest(SimpleNamespace):
+    app: FastAPI
+    clock: FakeClock
+    view: View
+    publisher: Publisher
+    writer: Writer
+    idempotency: IdempotencyLog
+    broadcasts: list[tuple[str, str, str]]
+
+
+def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any) -> Ingest:
+    """The whole ingest HTTP application on fakes."""
+    clock = clock or FakeClock()
+    view, publisher = View(), Publisher()
+    writer = Writer(view)
+    idem = idempotency_log(clock)
+    broadcasts: list[tuple[str, str, str]] = []
+
+    async def broadcast(
+        account_id: str, batch_id: str, action: Literal["cancel", "pause", "resume"]
+    ) -> None:
+        if writer.down:
+            raise PublishError("KafkaConnectionError")
+        broadcasts.append((account_id, batch_id, action))
+
+    routers = [
+        manage_router(view, Projection(), publisher, clock),  # type: ignore[arg-type]
+        sendgrid_router(view, writer, broadcast, publisher, clock, view, **sendgrid),
+    ]
+    app = create_app(publisher, clock, view, None, idem, routers, scanning)
+    return Ingest(
+        app=app,
+        clock=clock,
+        view=view,
+        publisher=publisher,
+        writer=writer,
+        idempotency=idem,
+        broadcasts=broadcasts,
+    )
+
+
+def batch(batch_id: str, created: float) -> BatchState:
+    at = to_datetime(created)
+    return BatchState(occurred_at=at, account_id=ACCOUNT, batch_id=batch_id, created_at=at)

@@ -44,7 +44,7 @@ def message(headers: str = "", sender: str = "hello@example.com", body: str = "h
 
 def send(
     stack: Stack,
-    data: str,
+    data: str | bytes,
     rcpts: list[str] | None = None,
     key: str | None = None,
     sender: str = "hello@example.com",
@@ -54,7 +54,7 @@ def send(
         client.mail(sender)
         for r in rcpts or ["user@example.org"]:
             client.rcpt(r)
-        code, reply = client.data(data.encode())
+        code, reply = client.data(data.encode() if isinstance(data, str) else data)
         return code, reply.decode()
 
 
@@ -114,8 +114,12 @@ def test_schedule_violations(smtp_stack: Stack, headers: str, expected: tuple[in
 
 
 def test_ownership_auth_and_size(smtp_stack: Stack) -> None:
-    code, reply = send(smtp_stack, message(sender="hi@not-mine.test"), sender="hi@not-mine.test")
-    assert (code, reply.split(":")[0]) == (550, "5.7.1 DOMAIN_NOT_OWNED")
+    code, reply = send(smtp_stack, message(sender="hi@not-mine.test"))
+    assert (code, reply.split(":")[0]) == (553, "5.7.1 DOMAIN_NOT_OWNED")
+    with smtplib.SMTP("127.0.0.1", port(smtp_stack), timeout=30) as client:
+        client.login("anyone", smtp_stack.api_key)
+        code, reply_b = client.mail("hi@not-mine.test")
+        assert (code, reply_b.decode().split(":")[0]) == (553, "5.7.1 DOMAIN_NOT_OWNED")
     with smtplib.SMTP("127.0.0.1", port(smtp_stack), timeout=30) as client:
         with pytest.raises(smtplib.SMTPAuthenticationError) as err:
             client.login("anyone", "kai_wrong")
@@ -216,3 +220,68 @@ def test_swaks(smtp_stack: Stack) -> None:
         timeout=60,
     )
     assert "554 5.5.4 SCHEDULED_AT_INVALID" in bad.stdout
+
+
+def test_spoofing_is_refused_and_bcc_is_not_relayed(smtp_stack: Stack) -> None:
+    code, reply = send(smtp_stack, message("From: ceo@not-mine.test\r\n", body="two froms"))
+    assert (code, reply.split(":")[0]) == (554, "5.6.0 MULTIPLE_FROM")
+    code, reply = send(smtp_stack, message("Sender: ceo@not-mine.test\r\n", body="sender"))
+    assert (code, reply.split(":")[0]) == (553, "5.7.1 DOMAIN_NOT_OWNED")
+    code, reply = send(
+        smtp_stack,
+        message("Bcc: hidden@example.org\r\n", body="with a bcc"),
+        rcpts=["user@example.org", "hidden@example.org"],
+    )
+    assert code == 250, reply
+    data = wait_eml(smtp_stack.outbox, "with a bcc")
+    assert b"Bcc:" not in data and message_from_bytes(data)["Bcc"] is None
+    envelope_to = message_from_bytes(data)["X-Kairos-Envelope-To"]
+    assert envelope_to == "user@example.org, hidden@example.org"
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"X-Scheduled-At:\r\n", "5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Scheduled-At:   \r\n", "5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Scheduled-At : 4000000000\r\n", "5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-SMTPAPI: {}\r\n", "5.5.4 INVALID_SMTPAPI"),
+        (b"X-SMTPAPI:\r\n", "5.5.4 INVALID_SMTPAPI"),
+        (b"X-Idempotency-Key:\r\n", "5.5.4 INVALID_IDEMPOTENCY_KEY"),
+        (b"X-Scheduled-At: 17\xff00000000\r\n", "5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Idempotency-Key: k\xe9y\r\n", "5.5.4 INVALID_IDEMPOTENCY_KEY"),
+        (b'X-SMTPAPI: {"send_at": 4000000000, "batch_id": ["b"]}\r\n', "5.5.4 INVALID_BATCH_ID"),
+    ],
+)
+def test_a_present_schedule_header_is_never_an_immediate_send(
+    smtp_stack: Stack, headers: bytes, expected: str
+) -> None:
+    body = f"not sent {headers!r}"
+    raw = (
+        message(body=body).encode().replace(b"Subject: smtp test\r\n", b"Subject: x\r\n" + headers)
+    )
+    code, reply = send(smtp_stack, raw)
+    assert (code, reply.split(":")[0]) == (554, expected), reply
+    assert "Error: (" not in reply
+
+
+def test_8bit_from_is_a_refusal_not_a_crash(smtp_stack: Stack) -> None:
+    with smtplib.SMTP("127.0.0.1", port(smtp_stack), timeout=30) as client:
+        client.login("anyone", smtp_stack.api_key)
+        client.mail("hello@example.com")
+        client.rcpt("user@example.org")
+        code, reply = client.data(b"From: h\xe9llo@example.com\r\nSubject: x\r\n\r\nhi\r\n")
+        assert (code, reply.decode().split(":")[0]) == (554, "5.6.0 INVALID_HEADER_VALUE")
+        assert client.noop()[0] == 250
+
+
+def test_a_thousand_recipients_get_a_reply_smtplib_reads(smtp_stack: Stack) -> None:
+    due = int(time.time()) + 60 * 3600  # far enough that nothing is delivered during the test
+    rcpts = [f"r{i}@example.org" for i in range(1000)]
+    times = ",\r\n ".join(str(due + i) for i in range(1000))
+    code, reply = send(
+        smtp_stack, message(f'X-SMTPAPI: {{"send_each_at": [{times}]}}\r\n'), rcpts=rcpts
+    )
+    assert code == 250, reply
+    assert reply.startswith("2.0.0 Scheduled 1000 messages as ") and len(reply) + 6 <= 512
+    assert reply.endswith(f"for {due} (+999, the last for {due + 999})")

@@ -2,8 +2,15 @@
 
 AUTH PLAIN/LOGIN with an API key as the password; ``X-Scheduled-At`` (same formats and rules as
 ``scheduledAt``), ``X-Idempotency-Key``, and SendGrid's ``X-SMTPAPI`` (``send_at``,
-``send_each_at``, ``batch_id``). Every violation is answered in the DATA reply with a code and
-an enhanced status; the 250 names the message id(s). Internal headers are not relayed.
+``send_each_at``, ``batch_id``). Every violation is answered with a reply code, an enhanced
+status and a stable code; the 250 names the message id(s) in one line of at most 512 bytes.
+
+The message is read as the client wrote it (:mod:`services.ingest.headers`), never through a
+forgiving parser: well-formed fields only, exactly one From; the envelope MAIL FROM, the From and
+any Sender are at verified domains of the authenticated account (``553 5.7.1``). A Kairos header
+that is present is used or refused (``554 5.5.4``), never ignored. Kairos's own headers, Bcc
+and ``X-Kairos-*`` are not stored or relayed. An unexpected exception is logged and answered
+``451 4.3.0 INTERNAL_ERROR`` without its text.
 """
 
 from __future__ import annotations

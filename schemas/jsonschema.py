@@ -17,6 +17,8 @@ from pydantic import BaseModel, TypeAdapter
 from schemas.registry import TOPICS
 
 JSON_DIR = Path(__file__).parent / "json"
+#: the event schemas as released: one file per (type, version), never edited once there
+RELEASED_DIR = Path(__file__).parent / "released"
 SCHEMA_BASE = "https://kairos.dev/schemas/"
 
 
@@ -31,7 +33,22 @@ def _event_models(tp: Any) -> list[type[BaseModel]]:
 
 
 def _dump(schema: dict[str, Any]) -> str:
-    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return json.dumps(_tolerant(schema), indent=2, sort_keys=True) + "\n"
+
+
+def _tolerant(schema: Any) -> Any:
+    """The schema as readers should apply it: fields it does not name are allowed (an event
+    may gain optional fields without a new version), so ``additionalProperties: false`` goes.
+    Writers stay strict: the models forbid unknown fields."""
+    if isinstance(schema, dict):
+        return {
+            k: _tolerant(v)
+            for k, v in schema.items()
+            if not (k == "additionalProperties" and v is False)
+        }
+    if isinstance(schema, list):
+        return [_tolerant(v) for v in schema]
+    return schema
 
 
 def generate() -> dict[str, str]:
@@ -60,8 +77,16 @@ def generate() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail when the files drift")
+    parser.add_argument(
+        "--release",
+        action="store_true",
+        help="add the event schemas not released yet to schemas/released (after a check that "
+        "no released one is broken)",
+    )
     args = parser.parse_args(argv)
     files = generate()
+    if args.release:
+        return release(files)
     existing = {p.relative_to(JSON_DIR).as_posix() for p in JSON_DIR.rglob("*.json")}
     drift = sorted(
         name
@@ -79,6 +104,33 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     print(f"wrote {len(files)} schema files to {JSON_DIR}")
+    return 0
+
+
+def release(files: dict[str, str]) -> int:
+    """Snapshot every event schema version that is not released yet; refuse when a change
+    to a released one is not backward compatible."""
+    from schemas.compat import breaking_changes
+
+    problems = []
+    for path in sorted(RELEASED_DIR.glob("events/*.json")):
+        name = f"events/{path.name}"
+        if name not in files:
+            problems.append(f"{name}: released, no longer generated")
+            continue
+        for p in breaking_changes(json.loads(path.read_text()), json.loads(files[name])):
+            problems.append(f"{name}: {p}")
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    added = 0
+    for name, text in files.items():
+        target = RELEASED_DIR / name
+        if name.startswith("events/") and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            added += 1
+    print(f"released {added} new event schema files into {RELEASED_DIR}")
     return 0
 
 

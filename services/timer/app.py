@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.producer import DurableProducer, Record
-from kairos.logging import get_logger
+from kairos.logging import get_logger, quiet_retries
 from kairos.metrics import LATENESS, count
 from kairos.settings import KairosSettings
 from schemas.codec import decode_as, encode
@@ -443,6 +443,8 @@ def run(settings: KairosSettings, bootstrap: str, clock: Clock) -> None:
 
     (settings.state_dir / "timer").mkdir(parents=True, exist_ok=True)
     timer = Timer(settings, bootstrap, clock)
+    # faust's and mode's loggers exist only now that they are imported
+    quiet_retries()
     worker = Worker(
         timer.app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False
     )

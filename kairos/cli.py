@@ -109,6 +109,60 @@ def topics_list() -> None:
         )
 
 
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Records a stage could not decode or process: list them, replay them after a fix."""
+
+
+@dead_letter.command("list")
+@click.option("--stage", help="Only this stage's (timer, validator, sender).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def dead_letter_list(stage: str | None, as_json: bool) -> None:
+    """Print every dead letter: id, when, stage, reason, origin and error."""
+    from kairos.kafka.deadletter import read_dead_letters
+    from schemas.codec import encode
+
+    settings = _settings()
+    letters = asyncio.run(read_dead_letters(_bootstrap(settings), settings.topic("dead-letter")))
+    for letter in letters:
+        if stage and letter.stage != stage:
+            continue
+        if as_json:
+            click.echo(encode(letter).decode())
+        else:
+            click.echo(
+                f"{letter.event_id}  {letter.occurred_at:%Y-%m-%d %H:%M:%S}  {letter.stage:9} "
+                f"{letter.reason:13} {letter.origin_topic}:{letter.origin_partition}:"
+                f"{letter.origin_offset}  {letter.error[:120]}"
+            )
+
+
+@dead_letter.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
+@click.option("--stage", help="With --all: only this stage's.")
+def dead_letter_replay(event_ids: tuple[str, ...], everything: bool, stage: str | None) -> None:
+    """Write dead letters (by id, or --all) back onto their origin topics."""
+    from kairos.kafka.deadletter import read_dead_letters, replay
+
+    if not event_ids and not everything:
+        raise click.UsageError("name dead-letter ids, or --all")
+    settings = _settings()
+    bootstrap = _bootstrap(settings)
+    letters = asyncio.run(read_dead_letters(bootstrap, settings.topic("dead-letter")))
+    chosen = [
+        letter
+        for letter in letters
+        if (letter.event_id in event_ids)
+        or (everything and (stage is None or letter.stage == stage))
+    ]
+    unknown = set(event_ids) - {letter.event_id for letter in letters}
+    if unknown:
+        raise click.ClickException(f"no dead letter with id {', '.join(sorted(unknown))}")
+    n = asyncio.run(replay(bootstrap, chosen))
+    click.echo(f"replayed {n} record(s) onto their origin topics")
+
+
 def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "kairos.cli", "run", service], env=env)
 

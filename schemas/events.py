@@ -278,6 +278,29 @@ Outcome = Annotated[
 ]
 
 
+# -- dead letters (kairos.dead-letter) ---------------------------------------------------------
+
+
+class DeadLetter(BaseModel):
+    """A record a stage could not decode or process, kept with where it came from so it can be
+    inspected and replayed (``kairos dead-letter``) once the cause is fixed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=new_event_id, description="Unique id of this event.")
+    type: Literal["dead_letter"] = "dead_letter"
+    schema_version: Literal[1] = 1
+    occurred_at: datetime = Field(description="When the stage gave up on the record (UTC).")
+    stage: str = Field(description="The service that could not handle it, e.g. validator.")
+    reason: str = Field(description="Stable reason code: undecodable or unprocessable.")
+    error: str = Field(description="What went wrong (truncated to 1,000 characters).")
+    origin_topic: str = Field(description="Full name of the topic the record was read from.")
+    origin_partition: int = Field(ge=0)
+    origin_offset: int = Field(ge=0)
+    key: str | None = Field(description="The record's key, base64.")
+    value: str | None = Field(description="The record's value, base64.")
+
+
 def utcnow_from(ts: float) -> datetime:
     """A UTC datetime from unix seconds."""
     return datetime.fromtimestamp(ts, tz=UTC)

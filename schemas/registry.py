@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.events import Dispatch, Due, Outcome, ScheduleStreamEvent
+from schemas.events import DeadLetter, Dispatch, Due, Outcome, ScheduleStreamEvent
 from schemas.reference import (
     AccountState,
     ApiKeyState,
@@ -109,6 +109,20 @@ TOPICS: tuple[TopicSpec, ...] = (
         retention_ms=30 * DAY_MS,
         producers=("timer", "validator", "sender"),
         consumers=("analytics", "ingest"),
+    ),
+    TopicSpec(
+        name="dead-letter",
+        description="Records a stage could not decode or process, with their origin (topic, "
+        "partition, offset), the stage and the error; listed and replayed with "
+        "`kairos dead-letter`.",
+        key="origin topic:partition:offset",
+        value=DeadLetter,
+        partitions=1,
+        cleanup_policy="delete",
+        retention_ms=30 * DAY_MS,
+        producers=("timer", "validator", "sender"),
+        consumers=("operators",),
+        config=_BIG,
     ),
     TopicSpec(
         name="accounts",

@@ -6,10 +6,13 @@ the work an event caused is acknowledged, which makes every service at-least-onc
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 
 from kairos.settings import KairosSettings
 from schemas.registry import MAX_MESSAGE_BYTES
@@ -45,6 +48,27 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
+
+
+async def start_groupless(consumer: AIOKafkaConsumer) -> None:
+    """Start a consumer without a group (it will ``assign`` partitions itself).
+
+    aiokafka's group-less coordinator task must get to run once before the consumer can be
+    stopped (stopping it earlier raises ``CancelledError`` from ``stop()``), so this yields."""
+    await consumer.start()
+    await asyncio.sleep(0)
+
+
+async def partitions_of_topics(
+    consumer: AIOKafkaConsumer, topics: Iterable[str]
+) -> list[TopicPartition]:
+    """Every partition of ``topics``, from fresh cluster metadata: a group-less consumer
+    has no metadata for topics it is not subscribed to (the one place Kairos reaches into
+    aiokafka's client)."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return [
+        TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())
+    ]
 
 
 def make_admin(bootstrap: str) -> AIOKafkaAdminClient:

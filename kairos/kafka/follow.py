@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
-from kairos.kafka.clients import make_consumer
+from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
 from kairos.logging import get_logger
 
 log = get_logger("kairos.follow")
@@ -58,14 +58,8 @@ class LogFollower:
 
     async def start(self) -> None:
         consumer = make_consumer(self.bootstrap, None, **self._options)
-        await consumer.start()
-        await asyncio.sleep(0)  # let aiokafka's coordinator task start (see sender service)
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(t, p)
-            for t in self._names
-            for p in sorted(cluster.partitions_for_topic(t) or ())
-        ]
+        await start_groupless(consumer)
+        tps = await partitions_of_topics(consumer, self._names)
         consumer.assign(tps)
         stored = self.start_offsets()
         for tp in tps:

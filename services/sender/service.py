@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
-from aiokafka.structs import TopicPartition
 
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.clients import make_consumer
-from kairos.kafka.producer import DurableProducer, Record
+from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
+from kairos.kafka.deadletter import dead_letter_record
+from kairos.kafka.producer import DurableProducer, PublishFailed, Record
 from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count, track_lag
 from kairos.service import HealthServer, consume
@@ -41,16 +41,10 @@ async def handled_attempts(bootstrap: str, topic: str, since: float) -> set[tupl
     """(message id, attempt) of every delivery outcome on ``topic`` since unix time ``since``,
     read up to the end offsets at the time of the call."""
     consumer: AIOKafkaConsumer = make_consumer(bootstrap, None)
-    await consumer.start()
-    # let aiokafka's group-less coordinator task start: stopping a consumer whose task was
-    # cancelled before it ever ran raises CancelledError from stop()
-    await asyncio.sleep(0)
+    await start_groupless(consumer)
     seen: set[tuple[str, int]] = set()
     try:
-        # a group-less consumer has no metadata for a topic it is not subscribed to yet
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = await partitions_of_topics(consumer, [topic])
         if not tps:
             return seen
         consumer.assign(tps)
@@ -124,7 +118,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         try:
             d: Dispatch = decode_as(record.value, Dispatch)
         except DecodeError as exc:
-            log.error("poison dispatch event skipped", offset=record.offset, error=str(exc)[:200])
+            await dead(record, "undecodable", exc)
             return
         attempt = (d.message_id, d.attempt)
         if attempt in handled or attempt in in_flight:
@@ -134,8 +128,18 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         in_flight.add(attempt)
         try:
             await relay(d, record)
+        except (TimeoutError, OSError, PublishFailed):
+            raise
+        except Exception as exc:
+            await dead(record, "unprocessable", exc)
         finally:
             in_flight.discard(attempt)
+
+    async def dead(record: ConsumerRecord[bytes, bytes], reason: str, exc: Exception) -> None:
+        letter = dead_letter_record(
+            settings.topic("dead-letter"), "sender", reason, exc, record, clock.now()
+        )
+        await producer.publish_until_done([letter])
 
     async def relay(d: Dispatch, record: ConsumerRecord[bytes, bytes]) -> None:
         data = dkim_keys.sign(

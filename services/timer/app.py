@@ -22,6 +22,7 @@ from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kairos.clock import Clock, to_datetime
+from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger, quiet_retries
 from kairos.metrics import LATENESS, count
@@ -136,6 +137,7 @@ class Timer:
         self.emitted = 0
         self.bootstrap = bootstrap
         self.due_name, self.outcomes_name = settings.topic("due"), settings.topic("outcomes")
+        self.dead_letter_name = settings.topic("dead-letter")
         # due events and outcomes go to the schedule event's partition number when the
         # topics have as many partitions (the default): what key hashing would choose
         self.copartitioned = settings.topic_partitions is not None or (
@@ -243,7 +245,15 @@ class Timer:
             try:
                 ev: Any = decode_as(event.value, ScheduleStreamEvent)
             except ValueError as exc:
-                log.error("poison message skipped", partition=partition, error=str(exc)[:200])
+                letter = dead_letter_record(
+                    self.dead_letter_name,
+                    "timer",
+                    "undecodable",
+                    exc,
+                    event.message,
+                    self.clock.now(),
+                )
+                self._out.append((letter.topic, letter.key or b"", letter.value, None))
                 continue
             if isinstance(ev, Scheduled) and withdrawn(ev, appended_at(event.message)):
                 self._withdrawn(ev, state.partition)

@@ -12,6 +12,7 @@ from aiokafka import ConsumerRecord
 
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer
+from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger
 from kairos.metrics import count, track_lag
@@ -99,15 +100,23 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     await consumer.start()
     log.info("validator started", topic=due_topic)
 
+    dead_letter_topic = settings.topic("dead-letter")
+
+    def dead(record: ConsumerRecord[bytes, bytes], reason: str, exc: Exception) -> Record:
+        return dead_letter_record(dead_letter_topic, "validator", reason, exc, record, clock.now())
+
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         out: list[Record] = []
         for record in records:
             try:
                 due: Due = decode_as(record.value, Due)
+                event = judge(due, lookup, clock.now())
             except DecodeError as exc:
-                log.error("poison due event skipped", offset=record.offset, error=str(exc)[:200])
+                out.append(dead(record, "undecodable", exc))
                 continue
-            event = judge(due, lookup, clock.now())
+            except Exception as exc:
+                out.append(dead(record, "unprocessable", exc))
+                continue
             topic = dispatch_topic if isinstance(event, Dispatch) else outcomes_topic
             count("validator", "dispatched" if isinstance(event, Dispatch) else "failed")
             if isinstance(event, Failed):

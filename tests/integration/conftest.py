@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import ConsumerRecord
+from aiokafka.structs import TopicPartition
 
-from kairos.kafka.clients import make_consumer
+from kairos.kafka.clients import make_admin, make_consumer
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
@@ -228,6 +230,84 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
     finally:
         await consumer.stop()
     return out
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, timeout: float = 60.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from its beginning up to its end offsets at the time of the
+    call: all that was acknowledged before the call, and nothing needs waiting out. Records are
+    in partition order within each partition. Raises when ``timeout`` passes first."""
+    consumer = make_consumer(bootstrap, None)
+    await consumer.start()
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        # a group-less consumer has no metadata for a topic it is not subscribed to yet
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts is None:
+            raise AssertionError(f"no topic {topic}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        deadline = time.monotonic() + timeout
+        while remaining:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: not read to {ends} within {timeout}s")
+            batch = await consumer.getmany(*remaining, timeout_ms=200)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def read_values_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
+    """The values of :func:`read_to_end` (tombstones as ``b""``)."""
+    return [r.value or b"" for r in await read_to_end(bootstrap, topic, timeout)]
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    """The end offset of each partition of ``topic`` now."""
+    consumer = make_consumer(bootstrap, None)
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
+        if parts is None:
+            raise AssertionError(f"no topic {topic}")
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(
+            [TopicPartition(topic, p) for p in sorted(parts)]
+        )
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 60.0) -> None:
+    """Wait until consumer group ``group`` has committed, on every partition of ``topic``, the
+    end offset the partition has at the time of the call: everything written so far is
+    handled (a service commits only once a batch's effects are acknowledged)."""
+    ends = await end_offsets(bootstrap, topic)
+    admin = make_admin(bootstrap)
+    await admin.start()
+    committed: dict[TopicPartition, int] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(group)
+            committed = {tp: offsets[tp].offset for tp in ends if tp in offsets}
+            if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise AssertionError(f"{group} committed {committed} on {topic}, not {ends}, in {timeout}s")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ import signal
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -68,7 +68,7 @@ class TrialConfig:
     #: share of submissions sent without ``scheduledAt`` (delivered at once)
     immediate_share: float = 0.2
     #: scheduled ones are due this many seconds ahead (inclusive range)
-    ahead: tuple[int, int] = (2, 8)
+    ahead: tuple[int, int] = (3, 8)
     #: the pipeline must have delivered this many messages before the fault (proves it flows)
     warmup_deliveries: int = 20
     #: load before the fault, once warm
@@ -509,6 +509,8 @@ class Report:
     cancelled_unasked: list[str] = field(default_factory=list)
     early: list[str] = field(default_factory=list)
     refused_delivered: list[str] = field(default_factory=list)
+    #: for those: the withdrawal on the schedule stream and what the timer made of it
+    refused_delivered_why: Counter[str] = field(default_factory=Counter)
     max_lateness: float = 0.0
     p99_lateness: float = 0.0
     time_to_healthy: dict[str, float | None] = field(default_factory=dict)
@@ -563,6 +565,10 @@ class Report:
             ("cancelled, never asked", ids(self.cancelled_unasked)),
             ("EARLY", ids(self.early)),
             ("refused yet delivered", ids(self.refused_delivered)),
+            (
+                "  their withdrawal",
+                ", ".join(f"{k} {v}" for k, v in self.refused_delivered_why.items()) or "-",
+            ),
             (
                 "lateness (sink - due) max / p99",
                 f"{self.max_lateness:.1f}s / {self.p99_lateness:.1f}s",
@@ -678,7 +684,17 @@ def analyse(
             e["type"] == "delivered" for e in ev.outcomes.get(late_id, [])
         )
         if ev.delivered_tokens.get(sub.token) or delivered_outcome:
-            rep.refused_delivered.append(f"{sub.token} ({sub.status}, id {late_id})")
+            rep.refused_delivered.append(f"{late_id} ({sub.status} {sub.code})")
+            if late_id is None:
+                rep.refused_delivered_why["not on schedule"] += 1
+                continue
+            asked = "cancel queued" if late_id in ev.cancel_requested else "no cancel"
+            answers = [
+                f"{e['type']} {e.get('reason') or e.get('scope') or ''}".strip()
+                for e in ev.outcomes.get(late_id, [])
+                if e["type"] in ("rejected", "cancelled")
+            ]
+            rep.refused_delivered_why[f"{asked}: {'; '.join(answers) or 'no answer'}"] += 1
 
     for service in WATCHED:
         since = fault.recover_from.get(service, fault.ended)
@@ -815,40 +831,39 @@ async def _run(trial: Trial, inject: Fault) -> Report:
     return report
 
 
-def log_evidence(stack: Stack, patterns: Iterable[str], per_service: int = 6) -> str:
-    """The first lines of each service's log matching any of ``patterns`` (the usual failure
-    signatures), to print with a failed trial."""
+def log_evidence(stack: Stack, signatures: dict[str, str] | None = None) -> str:
+    """Per service log, how many lines match each failure signature, with the first one (to
+    print with a failed trial)."""
     assert stack.logs is not None
-    regex = re.compile("|".join(patterns))
+    compiled = {k: re.compile(v) for k, v in (signatures or FAILURE_SIGNATURES).items()}
     out: list[str] = []
     for path in sorted(stack.logs.glob("*.log")):
-        hits: list[str] = []
-        total = 0
+        counts: Counter[str] = Counter()
+        first: dict[str, str] = {}
         for line in path.read_text(errors="replace").splitlines():
-            if regex.search(line):
-                total += 1
-                if len(hits) < per_service:
-                    hits.append(line[:300])
-        if total:
-            out.append(f"  {path.name}: {total} matching lines, first {len(hits)}:")
-            out += [f"    {h}" for h in hits]
+            for label, regex in compiled.items():
+                if regex.search(line):
+                    counts[label] += 1
+                    first.setdefault(label, line.strip()[:240])
+        if counts:
+            out.append(f"  {path.name}:")
+            out += [f"    {label} x{n}: {first[label]}" for label, n in counts.items()]
     return "\n".join(out)
 
 
-FAILURE_SIGNATURES = (
-    r"Traceback",
-    r"OutOfOrderSequenceNumber",
-    r"LeaderNotAvailable",
-    r"NotLeaderForPartition",
-    r"KafkaTimeoutError",
-    r"KafkaConnectionError",
-    r"Unable to connect",
-    r"crashed",
-    r"[Ee]xception",
-    r"\[error",
-    r"ERROR",
-    r"CRITICAL",
-)
+#: what the services' logs are searched for when a trial fails (label: regex)
+FAILURE_SIGNATURES = {
+    "traceback": r"Traceback",
+    "out-of-order sequence": r"OutOfOrderSequence",
+    "leader not available": r"LeaderNotAvailable",
+    "producer fenced/unknown": r"UnknownProducerId|ProducerFenced|InvalidProducerEpoch",
+    "kafka timeout": r"KafkaTimeoutError|RequestTimedOut",
+    "crash": r"[Cc]rash|CRITICAL|Task exception was never retrieved",
+    "agent/service stopped": r"[Ss]topping|exiting|[Ss]hutting down|Stopped",
+    "withdrawn": r"withdrawn",
+    "publish failed": r"publish failed",
+    "broker unreachable": r"Unable connect to node|Connect call failed",
+}
 
 
 def start_stack(broker: LocalKafka, base: Path) -> Stack:
@@ -878,7 +893,7 @@ def run_trial(
         report = asyncio.run(_run(trial, FAULTS[scenario]))
     finally:
         stack.stop_all()
-    evidence = log_evidence(stack, FAILURE_SIGNATURES) if report.failures else ""
+    evidence = log_evidence(stack) if report.failures else ""
     return report, evidence
 
 

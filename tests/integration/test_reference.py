@@ -7,11 +7,12 @@ import asyncio
 import time
 
 import httpx
+import orjson
 import pytest
 
 from kairos.kafka.clients import make_admin
-from kairos.refdata.view import ReferenceView
-from tests.integration.conftest import Stack, read_topic
+from kairos.refdata.view import ReferenceView, key_hash
+from tests.integration.conftest import Stack, read_values_to_end
 
 pytestmark = pytest.mark.kafka
 
@@ -161,32 +162,61 @@ async def test_admin_bad_input(stack: Stack) -> None:
 
 async def test_no_api_key_in_clear_in_any_topic_or_log(stack: Stack) -> None:
     stack.start("sink", "ingest", "timer", "validator", "sender")
+    bootstrap = stack.settings.kafka_bootstrap or ""
     account, key = stack.create_account("secrets")
     second = stack.admin("POST", f"/accounts/{account}/keys").json()["api_key"]
     async with httpx.AsyncClient(base_url=stack.http, timeout=30) as client:
         headers = {"Authorization": f"Bearer {key}"}
         r = await client.post("/email", json=email(), headers=headers)
         assert r.status_code == 201
-        await client.post("/email", json={**email(), "scheduledAt": "bad"}, headers=headers)
-    stack.admin("DELETE", f"/keys/{second[:12]}")
-    await asyncio.sleep(3)
-    admin = make_admin(stack.settings.kafka_bootstrap or "")
+        message_id = r.json()["id"]
+        bad = await client.post("/email", json={**email(), "scheduledAt": "bad"}, headers=headers)
+        assert bad.status_code == 400
+    assert stack.admin("DELETE", f"/keys/{second[:12]}").status_code == 200
+    # the message went all the way: its outcome is the last record it causes
+    deadline = time.monotonic() + 60
+    while not any(
+        orjson.loads(v)["message_id"] == message_id
+        for v in await read_values_to_end(bootstrap, stack.settings.topic("outcomes"))
+    ):
+        assert time.monotonic() < deadline, f"no outcome for {message_id}"
+        await asyncio.sleep(0.1)
+    admin = make_admin(bootstrap)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if t.startswith(stack.settings.topic_prefix)]
     finally:
         await admin.close()
     assert len(topics) >= 8
-    scanned = 0
+    scanned: dict[str, list[bytes]] = {}
     for topic in topics:
-        for value in await read_topic(stack.settings.kafka_bootstrap or "", topic, 100_000, 3):
-            scanned += 1
+        scanned[topic] = await read_values_to_end(bootstrap, topic)
+        for value in scanned[topic]:
             for secret in (key, second):
-                assert secret.encode() not in (value or b""), f"API key in clear on {topic}"
+                assert secret.encode() not in value, f"API key in clear on {topic}"
+    # what was scanned includes every record that had a key to leak: both keys' records (the
+    # second created, then revoked) and the message sent with the first, at every stage
+    keys = [orjson.loads(v) for v in scanned[stack.settings.topic("api-keys")] if v]
+    assert {(k["key_sha256"], k["status"]) for k in keys} >= {
+        (key_hash(key), "active"),
+        (key_hash(second), "active"),
+        (key_hash(second), "revoked"),
+    }
+    for stage in ("schedule", "due", "dispatch", "outcomes"):
+        mine = [
+            v
+            for v in scanned[stack.settings.topic(stage)]
+            if orjson.loads(v).get("message_id") == message_id
+        ]
+        assert mine, f"the message's record on {stage} was not scanned"
     assert stack.logs is not None
-    logs = [p.read_text(errors="replace") for p in stack.logs.glob("*.log")]
-    assert logs and all(key not in text and second not in text for text in logs)
+    logs = {p.name: p.read_text(errors="replace") for p in stack.logs.glob("*.log")}
+    assert {f"{s}.log" for s in ("ingest", "timer", "validator", "sender")} <= set(logs)
+    assert message_id in logs["sender.log"], "the logs read are not the ones of this run"
+    for name, text in logs.items():
+        assert key not in text and second not in text, f"API key in clear in {name}"
+    records = sum(len(v) for v in scanned.values())
     print(
-        f"\nscanned {scanned} records on {len(topics)} topics and {len(logs)} service logs: "
+        f"\nscanned {records} records on {len(topics)} topics and {len(logs)} service logs: "
         "no API key in clear"
     )

@@ -57,6 +57,12 @@ class KairosSettings(BaseSettings):
     # -- HTTP / SMTP -------------------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Ingest HTTP bind address.")
     http_port: int = Field(default=8080, description="Ingest HTTP port.")
+    ingest_instance_id: str | None = Field(
+        default=None,
+        description="A stable, unique name for this ingest replica: its Kafka transactional "
+        "id (a restarted replica under the same name aborts what its predecessor left open at "
+        "once; otherwise after 15 s). Unset: the host name and HTTP port.",
+    )
     smtp_host: str = Field(default="127.0.0.1", description="SMTP submission bind address.")
     smtp_port: int = Field(default=2525, description="SMTP submission port (0: no SMTP server).")
     smtp_allow_plaintext_auth: bool | None = Field(

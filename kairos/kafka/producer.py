@@ -289,3 +289,152 @@ def _consume(fut: asyncio.Future[Any]) -> None:
     """Retrieve a late result so asyncio does not log it as never retrieved."""
     if not fut.cancelled():
         fut.exception()
+
+
+#: a caller waiting on a transaction: its records, its deadline (monotonic), its answer
+Waiting = tuple[Sequence[Record], float, "asyncio.Future[None]"]
+
+
+class TransactionalProducer:
+    """All-or-nothing publishing with group commit: each :meth:`publish` call's records are
+    written in one Kafka transaction (committed or aborted together), and the calls that
+    arrive while a transaction is being committed share the next one, so one producer serves
+    many concurrent clients. Readers must read ``read_committed``.
+
+    A call is answered yes only when its transaction committed. A transaction is committed
+    only if it can be before the earliest ``deadline`` of the calls in it (monotonic time);
+    past it, it is aborted, because those callers are being told no. A failed client (fenced,
+    out of sequence, a broker outage) is replaced by a fresh one with the same transactional
+    id, which also aborts whatever the old one left open.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        transactional_id: str,
+        name: str,
+        transaction_timeout_ms: int = 15_000,
+        max_records: int = 5_000,
+        factory: Callable[[], AIOKafkaProducer] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.name = name
+        self.max_records = max_records
+        self._factory = factory or (
+            lambda: make_producer(
+                bootstrap,
+                transactional_id=transactional_id,
+                transaction_timeout_ms=transaction_timeout_ms,
+                **overrides,
+            )
+        )
+        self._durable = DurableProducer(bootstrap, name, factory=self._factory)
+        self._queue: list[Waiting] = []
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.transactions = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._durable.healthy
+
+    async def start(self) -> None:
+        await self._durable.start()
+        self._loop_task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for _, _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(PublishFailed(f"{self.name}: stopped"))
+        self._queue.clear()
+        await self._durable.stop()
+
+    async def publish(self, records: Sequence[Record], within: float) -> None:
+        """Write ``records`` in one transaction; return once it committed, or raise
+        :class:`PublishFailed` (nothing of it is visible to read_committed readers, unless
+        the commit was under way and its answer took longer than ``within`` + 2 s)."""
+        if self._durable._client is None:
+            raise PublishFailed(f"{self.name}: broker unavailable")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((records, time.monotonic() + within, fut))
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), within + 2.0)
+        except TimeoutError as exc:
+            fut.add_done_callback(_consume)
+            raise PublishFailed(f"{self.name}: not committed in {within:g}s") from exc
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                group: list[Waiting] = []
+                n = 0
+                while self._queue and (not group or n + len(self._queue[0][0]) <= self.max_records):
+                    item = self._queue.pop(0)
+                    if item[2].done():
+                        continue
+                    group.append(item)
+                    n += len(item[0])
+                if group:
+                    await self._commit(group)
+
+    async def _commit(self, group: list[Waiting]) -> None:
+        deadline = min(d for _, d, _ in group)
+        durable = self._durable
+        try:
+            client, generation = await durable._current(deadline)
+        except PublishFailed as exc:
+            _fail(group, exc)
+            return
+        try:
+            await client.begin_transaction()
+            futures = [
+                await client.send(r.topic, r.value, key=r.key, partition=r.partition)
+                for records, _, _ in group
+                for r in records
+            ]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed before the records were written")
+            await asyncio.wait_for(asyncio.gather(*futures), left)
+            if time.monotonic() >= deadline:
+                raise TimeoutError("deadline passed before the commit")
+            await asyncio.wait_for(
+                client.commit_transaction(), max(0.5, deadline - time.monotonic()) + 2.0
+            )
+        except PERMANENT as exc:
+            # one caller's record is refused for good: abort, and let the others try again
+            await self._abort(client, generation, exc)
+            _fail(group, PublishFailed(f"{self.name}: {exc!r}"))
+            return
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._abort(client, generation, exc)
+            _fail(group, PublishFailed(f"{self.name}: {exc!r}"))
+            return
+        self.transactions += 1
+        for _, _, fut in group:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _abort(self, client: AIOKafkaProducer, generation: int, exc: BaseException) -> None:
+        """Abort the open transaction; a client that cannot is replaced (the new one, with the
+        same transactional id, aborts it when it starts)."""
+        try:
+            await asyncio.wait_for(client.abort_transaction(), 5)
+        except Exception as abort_exc:
+            self._durable._failed(generation, abort_exc)
+            return
+        if not isinstance(exc, PERMANENT):
+            self._durable._failed(generation, exc)
+
+
+def _fail(group: list[Waiting], exc: BaseException) -> None:
+    for _, _, fut in group:
+        if not fut.done():
+            fut.set_exception(exc)

@@ -8,7 +8,12 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.producer import DurableProducer, PublishFailed, Record
+from kairos.kafka.producer import (
+    DurableProducer,
+    PublishFailed,
+    Record,
+    TransactionalProducer,
+)
 from schemas.codec import encode
 from schemas.events import CancelRequested, MessageEvent, Scheduled
 
@@ -26,32 +31,34 @@ class PublishError(RuntimeError):
     """The event could not be made durable; the client must not hear yes."""
 
 
-#: how long a client waits past an event's ``accept_by`` for its acknowledgement: the broker
-#: appended it in time but its answer is still on the way
-ACK_GRACE = 2.0
-
-
 class KafkaPublisher:
-    """Publishes submissions into the schedule stream with the durable producer (acks=all,
-    idempotent, rebuilt after an outage), and makes sure a refusal is a no.
+    """Publishes submissions into the schedule stream, all or nothing, and makes sure a
+    refusal is a no.
 
-    A timeout is not a no: a record the client was refused for may still be written once the
-    broker is back. Two things make sure such a late write is never delivered:
-
-    * every ``scheduled`` event carries ``accept_by`` (now + ``timeout``), and the schedule
-      stream stamps records with the broker's append time: the timer drops, as ``withdrawn``,
-      a scheduled event appended after its ``accept_by``. The client waits ``ACK_GRACE``
-      longer than that for the acknowledgement, so a refusal means the record was not
-      appended in time (or its acknowledgement took more than ``ACK_GRACE`` to arrive);
-    * a cancel is queued behind each refused ``scheduled`` event (same partition, the same
-      or a later producer), for the rare write that was appended in time yet acknowledged
-      too late.
+    * **All or nothing.** The events of one submission (every message of a multi-recipient
+      or ``send_each_at`` request) are written in one Kafka transaction: the timer and every
+      other reader read committed records only, so either all of them are scheduled or none
+      is. Concurrent submissions share transactions (group commit).
+    * **A refusal is a no.** A submission is answered yes only once its transaction
+      committed; a transaction is committed only before the submission's deadline (``timeout``
+      after it arrived), else aborted, and its client told to retry. Every ``scheduled`` event
+      also carries ``accept_by`` (the deadline as a wall time); the schedule stream stamps the
+      broker's append time, and the timer withdraws a ``scheduled`` event appended after its
+      ``accept_by``. For the rare commit that was under way at the deadline and answered late,
+      a cancel is queued behind each refused event (written without a transaction, retried
+      until durable).
     """
 
     def __init__(
-        self, producer: DurableProducer, topic: str, clock: Clock, timeout: float = 10.0
+        self,
+        transactions: TransactionalProducer,
+        producer: DurableProducer,
+        topic: str,
+        clock: Clock,
+        timeout: float = 10.0,
     ) -> None:
-        self.producer, self.topic, self.clock, self.timeout = producer, topic, clock, timeout
+        self.transactions, self.producer = transactions, producer
+        self.topic, self.clock, self.timeout = topic, clock, timeout
         self.started = False
         self._withdrawals: set[asyncio.Task[Any]] = set()
 
@@ -59,8 +66,8 @@ class KafkaPublisher:
         await self.publish_many([event])
 
     async def publish_many(self, events: Sequence[MessageEvent]) -> None:
-        """Publish several events (each keyed by its message id) and wait for every
-        acknowledgement; :class:`PublishError` if any is not durable in time."""
+        """Publish the events of one submission (each keyed by its message id) in one
+        transaction; :class:`PublishError` unless it committed in time."""
         accept_by = to_datetime(self.clock.now() + self.timeout)
         stamped = [
             e.model_copy(update={"accept_by": accept_by})
@@ -70,7 +77,7 @@ class KafkaPublisher:
         ]
         records = [Record(self.topic, encode(e), e.message_id.encode()) for e in stamped]
         try:
-            await self.producer.publish(records, self.timeout + ACK_GRACE)
+            await self.transactions.publish(records, self.timeout)
         except PublishFailed as exc:
             self._withdraw([e for e in stamped if isinstance(e, Scheduled)])
             raise PublishError(str(exc) or type(exc).__name__) from exc
@@ -100,8 +107,13 @@ class KafkaPublisher:
 
     async def command(self, event: MessageEvent) -> None:
         """Publish a lifecycle command into the schedule stream, durably."""
-        await self.publish_many([event])
+        try:
+            await self.producer.publish(
+                [Record(self.topic, encode(event), event.message_id.encode())], self.timeout
+            )
+        except PublishFailed as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from exc
 
     def ready(self) -> bool:
-        """Started, and the producer can write (false during a broker outage)."""
-        return self.started and self.producer.healthy
+        """Started, and both producers can write (false during a broker outage)."""
+        return self.started and self.transactions.healthy and self.producer.healthy

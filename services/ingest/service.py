@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Literal
 
@@ -11,7 +12,7 @@ import uvicorn
 
 from kairos.clock import Clock
 from kairos.commands import broadcast_batch_command
-from kairos.kafka.producer import DurableProducer
+from kairos.kafka.producer import DurableProducer, TransactionalProducer
 from kairos.logging import get_logger
 from kairos.refdata.admin import admin_router
 from kairos.refdata.token import admin_token
@@ -42,7 +43,11 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     """Serve until ``stop`` is set."""
     # a client waits for the acknowledgement: batch only what arrives within a millisecond
     producer = DurableProducer(bootstrap, "ingest", linger_ms=1)
-    publisher = KafkaPublisher(producer, settings.topic("schedule"), clock)
+    instance = settings.ingest_instance_id or f"{socket.gethostname()}-{settings.http_port}"
+    transactions = TransactionalProducer(
+        bootstrap, f"{settings.group('ingest')}-{instance}", "ingest-transactions", linger_ms=1
+    )
+    publisher = KafkaPublisher(transactions, producer, settings.topic("schedule"), clock)
     view = ReferenceView(settings, bootstrap)
     token = admin_token(settings)
     assert token is not None
@@ -76,6 +81,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     )
     server = _Server(config)
     await producer.start()
+    await transactions.start()
     await view.start()
     await idempotency.start()
     await projection.start()
@@ -101,4 +107,5 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         await view.stop()
         await projection.stop()
         await idempotency.stop()
+        await transactions.stop()
         await producer.stop()

@@ -447,11 +447,34 @@ def fire_event(fire: Fire, now: float) -> Due | Failed | Cancelled:
     )
 
 
+def read_committed() -> None:
+    """Make faust's worker consumer read committed records only: ingest writes submissions in
+    transactions, and an aborted one must never be scheduled. faust chooses
+    ``read_committed`` only with ``processing_guarantee="exactly_once"`` (whose open bugs the
+    timer avoids), so the choice is made here, on the consumer faust builds, before it starts
+    (aiokafka reads the setting when it starts its fetcher)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    if getattr(thread, "_kairos_read_committed", False):
+        return
+    create = thread._create_worker_consumer
+
+    def create_read_committed(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._isolation_level = "read_committed"
+        return consumer
+
+    thread._create_worker_consumer = create_read_committed  # type: ignore[method-assign]
+    thread._kairos_read_committed = True  # type: ignore[attr-defined]
+
+
 def run(settings: KairosSettings, bootstrap: str, clock: Clock) -> None:
     """Run a timer worker until it is stopped (SIGINT/SIGTERM)."""
     from faust.worker import Worker
 
     (settings.state_dir / "timer").mkdir(parents=True, exist_ok=True)
+    read_committed()
     timer = Timer(settings, bootstrap, clock)
     # faust's and mode's loggers exist only now that they are imported
     quiet_retries()

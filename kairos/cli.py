@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from kairos.clock import SystemClock
 from kairos.deploy import deploy
 from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
@@ -49,32 +48,25 @@ def main() -> None:
 @main.command()
 @click.argument("service", type=click.Choice([*SERVICES, "sink"]))
 def run(service: str) -> None:
-    """Run one service in the foreground until SIGINT/SIGTERM."""
-    from kairos.service import run_until_stopped
-
-    settings = _settings()
+    """Run one service in the foreground until SIGINT/SIGTERM (``python -m services.<name>``,
+    each service's own composition root; the sink is a development tool of Kairos's own)."""
     if service == "sink":
         from kairos import sink
+        from kairos.service import run_until_stopped
 
+        settings = _settings()
         run_until_stopped(
             lambda stop: sink.run(settings.sink_host, settings.sink_port, settings.outbox_dir, stop)
         )
         return
-    bootstrap = _bootstrap(settings)
-    clock = SystemClock()
-    if service == "timer":
-        from services.timer.app import run as run_timer
+    os.execv(sys.executable, [sys.executable, *service_command(service)])
 
-        run_timer(settings, bootstrap, clock)
-        return
-    module: Any
-    if service == "ingest":
-        from services.ingest import service as module
-    elif service == "validator":
-        from services.validator import service as module
-    else:
-        from services.sender import service as module
-    run_until_stopped(lambda stop: module.run(settings, bootstrap, clock, stop))
+
+def service_command(service: str) -> list[str]:
+    """The interpreter arguments that run ``service``."""
+    if service == "sink":
+        return ["-m", "kairos.cli", "run", "sink"]
+    return ["-m", f"services.{service}"]
 
 
 @main.group()
@@ -164,7 +156,7 @@ def dead_letter_replay(event_ids: tuple[str, ...], everything: bool, stage: str 
 
 
 def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "kairos.cli", "run", service], env=env)
+    return subprocess.Popen([sys.executable, *service_command(service)], env=env)
 
 
 DEMO_DOMAIN = "demo.kairos.test"

@@ -17,6 +17,7 @@ from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
 from kairos.refdata.cli import admin
 from kairos.settings import KairosSettings
+from schemas.registry import DEAD_LETTER
 
 SERVICES = ("ingest", "timer", "validator", "sender")
 
@@ -115,7 +116,7 @@ def dead_letter_list(stage: str | None, as_json: bool) -> None:
     from schemas.codec import encode
 
     settings = _settings()
-    letters = asyncio.run(read_dead_letters(_bootstrap(settings), settings.topic("dead-letter")))
+    letters = asyncio.run(read_dead_letters(_bootstrap(settings), settings.topic(DEAD_LETTER)))
     for letter in letters:
         if stage and letter.stage != stage:
             continue
@@ -141,7 +142,7 @@ def dead_letter_replay(event_ids: tuple[str, ...], everything: bool, stage: str 
         raise click.UsageError("name dead-letter ids, or --all")
     settings = _settings()
     bootstrap = _bootstrap(settings)
-    letters = asyncio.run(read_dead_letters(bootstrap, settings.topic("dead-letter")))
+    letters = asyncio.run(read_dead_letters(bootstrap, settings.topic(DEAD_LETTER)))
     chosen = [
         letter
         for letter in letters

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from kairos.settings import KairosSettings
 from schemas.codec import encode
 from schemas.events import BatchCommand
+from schemas.registry import SCHEDULE
 
 
 async def broadcast_batch_command(
@@ -24,7 +25,7 @@ async def broadcast_batch_command(
     """Write the batch command into every partition of the schedule stream and wait for the
     broker's acknowledgement of each copy: a batch's messages live on every partition, and
     each timer partition applies the command to its own messages."""
-    topic = settings.topic("schedule")
+    topic = settings.topic(SCHEDULE)
     partitions = sorted(await producer.partitions_for(topic))
     futures = []
     for partition in partitions:

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.registry import TopicSpec
+
 
 class KairosSettings(BaseSettings):
     """Every setting of every service. Each field reads ``KAIROS_<FIELD>`` (upper case)."""
@@ -191,9 +193,13 @@ class KairosSettings(BaseSettings):
     log_level: str = Field(default="INFO", description="Log level.")
     log_format: str = Field(default="console", description="console or json.")
 
-    def topic(self, name: str) -> str:
-        """The full topic name of a registry entry's logical name."""
-        return f"{self.topic_prefix}{name}"
+    def topic(self, topic: TopicSpec | str) -> str:
+        """The full name of a registry topic: its handle (``schemas.registry.SCHEDULE``) or
+        its logical name (KeyError for a name the registry does not declare)."""
+        from schemas.registry import topic_spec
+
+        spec = topic if isinstance(topic, TopicSpec) else topic_spec(topic)
+        return f"{self.topic_prefix}{spec.name}"
 
     def group(self, service: str) -> str:
         """The consumer group id of a service."""

@@ -221,6 +221,21 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 _BY_NAME = {spec.name: spec for spec in TOPICS}
 
+# Handles for code that names a topic: ``settings.topic(SCHEDULE)`` (a typo fails at import).
+SCHEDULE = _BY_NAME["schedule"]
+DUE = _BY_NAME["due"]
+DISPATCH = _BY_NAME["dispatch"]
+OUTCOMES = _BY_NAME["outcomes"]
+DEAD_LETTER = _BY_NAME["dead-letter"]
+ACCOUNTS = _BY_NAME["accounts"]
+API_KEYS = _BY_NAME["api-keys"]
+DOMAINS = _BY_NAME["domains"]
+SUPPRESSIONS = _BY_NAME["suppressions"]
+BATCHES = _BY_NAME["batches"]
+IDEMPOTENCY = _BY_NAME["idempotency"]
+TIMER_PENDING_CHANGELOG = _BY_NAME["timer-pending-changelog"]
+TIMER_INDEX_CHANGELOG = _BY_NAME["timer-index-changelog"]
+
 
 def topic_spec(name: str) -> TopicSpec:
     """The spec of logical topic ``name``; KeyError names the known topics."""

@@ -19,6 +19,7 @@ from kairos.refdata.token import admin_token
 from kairos.refdata.view import ReferenceView
 from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
+from schemas.registry import IDEMPOTENCY, SCHEDULE
 from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog
 from services.ingest.lifecycle import LifecycleProjection
@@ -47,12 +48,12 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     transactions = TransactionalProducer(
         bootstrap, f"{settings.group('ingest')}-{instance}", "ingest-transactions", linger_ms=1
     )
-    publisher = KafkaPublisher(transactions, producer, settings.topic("schedule"), clock)
+    publisher = KafkaPublisher(transactions, producer, settings.topic(SCHEDULE), clock)
     view = ReferenceView(settings, bootstrap)
     token = admin_token(settings)
     assert token is not None
     admin = admin_router(view, ReferenceWriter(producer, settings, view), token, clock)
-    idempotency = IdempotencyLog(producer, bootstrap, settings.topic("idempotency"), clock)
+    idempotency = IdempotencyLog(producer, bootstrap, settings.topic(IDEMPOTENCY), clock)
     projection = LifecycleProjection(
         settings,
         bootstrap,

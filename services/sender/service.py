@@ -26,6 +26,7 @@ from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
+from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
 from services.sender.message import DkimKeys, prepare
 from services.sender.outcome import result_of
 from services.sender.policy import RetryPolicy
@@ -70,10 +71,10 @@ async def handled_attempts(bootstrap: str, topic: str, since: float) -> set[tupl
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Run the sender until ``stop`` is set."""
-    dispatch_topic = settings.topic("dispatch")
-    outcomes_topic = settings.topic("outcomes")
-    schedule_topic = settings.topic("schedule")
-    suppressions_topic = settings.topic("suppressions")
+    dispatch_topic = settings.topic(DISPATCH)
+    outcomes_topic = settings.topic(OUTCOMES)
+    schedule_topic = settings.topic(SCHEDULE)
+    suppressions_topic = settings.topic(SUPPRESSIONS)
     policy = RetryPolicy(
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
     )
@@ -137,7 +138,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
 
     async def dead(record: ConsumerRecord[bytes, bytes], reason: str, exc: Exception) -> None:
         letter = dead_letter_record(
-            settings.topic("dead-letter"), "sender", reason, exc, record, clock.now()
+            settings.topic(DEAD_LETTER), "sender", reason, exc, record, clock.now()
         )
         await producer.publish_until_done([letter])
 

@@ -43,7 +43,16 @@ from schemas.events import (
     Tick,
     new_event_id,
 )
-from schemas.registry import MAX_MESSAGE_BYTES, topic_spec
+from schemas.registry import (
+    DEAD_LETTER,
+    DUE,
+    MAX_MESSAGE_BYTES,
+    OUTCOMES,
+    SCHEDULE,
+    TIMER_INDEX_CHANGELOG,
+    TIMER_PENDING_CHANGELOG,
+    topic_spec,
+)
 from services.timer.buffered import Buffered
 from services.timer.state import Fire, TimerState
 
@@ -93,7 +102,7 @@ class Timer:
         )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         self.schedule_topic = self.app.topic(
-            settings.topic("schedule"),
+            settings.topic(SCHEDULE),
             partitions=partitions,
             key_type=bytes,
             value_type=bytes,
@@ -113,7 +122,7 @@ class Timer:
             key_type=bytes,
             value_type=bytes,
             changelog_topic=self.app.topic(
-                settings.topic("timer-pending-changelog"),
+                settings.topic(TIMER_PENDING_CHANGELOG),
                 partitions=partitions,
                 key_type=bytes,
                 value_type=bytes,
@@ -127,7 +136,7 @@ class Timer:
             key_type=bytes,
             value_type=bytes,
             changelog_topic=self.app.topic(
-                settings.topic("timer-index-changelog"),
+                settings.topic(TIMER_INDEX_CHANGELOG),
                 partitions=partitions,
                 key_type=bytes,
                 value_type=bytes,
@@ -136,8 +145,8 @@ class Timer:
         )
         self.emitted = 0
         self.bootstrap = bootstrap
-        self.due_name, self.outcomes_name = settings.topic("due"), settings.topic("outcomes")
-        self.dead_letter_name = settings.topic("dead-letter")
+        self.due_name, self.outcomes_name = settings.topic(DUE), settings.topic(OUTCOMES)
+        self.dead_letter_name = settings.topic(DEAD_LETTER)
         # due events and outcomes go to the schedule event's partition number when the
         # topics have as many partitions (the default): what key hashing would choose
         self.copartitioned = settings.topic_partitions is not None or (

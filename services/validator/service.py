@@ -21,6 +21,7 @@ from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Dispatch, Due, Failed
+from schemas.registry import DEAD_LETTER, DISPATCH, DUE, OUTCOMES
 from services.validator.decide import AccountFacts, Approved, decide
 
 log = get_logger("kairos.validator")
@@ -83,9 +84,9 @@ def judge(due: Due, lookup: ViewLookup, now: float) -> Dispatch | Failed:
 
 async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyncio.Event) -> None:
     """Run the validator until ``stop`` is set."""
-    due_topic = settings.topic("due")
-    dispatch_topic = settings.topic("dispatch")
-    outcomes_topic = settings.topic("outcomes")
+    due_topic = settings.topic(DUE)
+    dispatch_topic = settings.topic(DISPATCH)
+    outcomes_topic = settings.topic(OUTCOMES)
     producer = DurableProducer(bootstrap, "validator")
     consumer = make_consumer(bootstrap, settings.group("validator"), due_topic)
     view = ReferenceView(settings, bootstrap)
@@ -100,7 +101,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     await consumer.start()
     log.info("validator started", topic=due_topic)
 
-    dead_letter_topic = settings.topic("dead-letter")
+    dead_letter_topic = settings.topic(DEAD_LETTER)
 
     def dead(record: ConsumerRecord[bytes, bytes], reason: str, exc: Exception) -> Record:
         return dead_letter_record(dead_letter_topic, "validator", reason, exc, record, clock.now())

@@ -54,12 +54,13 @@ bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"
 
 ## chaos: the full fault trials (broker down 60 s, frozen 30 s, kill -9 of each service and of
-## the broker, under load), each on a broker of its own; `make test` runs their short form.
-## The tables go to $(CHAOS_REPORT); docs/operations.md says what is checked
+## the broker, under load) on a broker of their own; `make test` runs their short form.
+## Tables in $(CHAOS_REPORT), logs under $(CHAOS_TMP); docs/operations.md says what is checked
 CHAOS_REPORT ?= .kairos/chaos-report.txt
+CHAOS_TMP ?= .kairos/chaos
 chaos: install
 	@mkdir -p $(dir $(CHAOS_REPORT)) && : > $(CHAOS_REPORT)
-	KAIROS_CHAOS=long KAIROS_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS); \
+	KAIROS_CHAOS=long KAIROS_CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider --basetemp=$(CHAOS_TMP) $(PYTEST_ARGS); \
 	  rc=$$?; echo "chaos report: $(CHAOS_REPORT)"; exit $$rc
 
 kafka-start: install

@@ -254,6 +254,8 @@ class FaultLog:
     name: str
     started: float = 0.0
     ended: float = 0.0
+    #: the same, as unix time (submissions are stamped with it)
+    ended_wall: float = 0.0
     #: per service, the monotonic time from which it has to be healthy again (fault end, or its
     #: restart after it was killed)
     recover_from: dict[str, float] = field(default_factory=dict)
@@ -492,6 +494,7 @@ class Report:
     unanswered: int = 0
     shed: int = 0
     written_late: int = 0  # refused, yet on kairos.schedule
+    withdrawn: int = 0  # of those, with a cancelled outcome
     scheduled_events: int = 0
     due_events: int = 0
     dispatch_events: int = 0
@@ -513,6 +516,9 @@ class Report:
     refused_delivered_why: Counter[str] = field(default_factory=Counter)
     max_lateness: float = 0.0
     p99_lateness: float = 0.0
+    #: from the end of the fault until ingest accepted every submission sent from then on
+    accepting_again: float | None = None
+    refused_after_fault: int = 0
     time_to_healthy: dict[str, float | None] = field(default_factory=dict)
     unhealthy_seconds: dict[str, float] = field(default_factory=dict)
     exits: dict[str, str] = field(default_factory=dict)
@@ -529,7 +535,11 @@ class Report:
         rows: list[tuple[str, str]] = [
             ("offered (submissions sent)", f"{self.offered}  (+{self.shed} shed at the cap)"),
             ("accepted (201/202 with an id)", f"{self.accepted}  ({self.accepted_immediate} now)"),
-            ("refused 503", f"{self.refused_503}  ({self.written_late} written late, cancelled)"),
+            (
+                "refused 503",
+                f"{self.refused_503}  ({self.written_late} written late, {self.withdrawn} of them "
+                "withdrawn: a cancelled outcome)",
+            ),
             (
                 "refused otherwise",
                 ", ".join(f"{k}: {v}" for k, v in self.refused_other.items()) or "0",
@@ -574,6 +584,18 @@ class Report:
                 f"{self.max_lateness:.1f}s / {self.p99_lateness:.1f}s",
             ),
         ]
+        again = self.accepting_again
+        rows.append(
+            (
+                "ingest accepting again after",
+                (
+                    "NEVER (still refusing when the load stopped)"
+                    if again is None
+                    else f"{again:.1f}s"
+                )
+                + f"  ({self.refused_after_fault} refused or unanswered after the fault)",
+            )
+        )
         for service in WATCHED:
             t = self.time_to_healthy.get(service)
             rows.append(
@@ -680,6 +702,8 @@ def analyse(
         late_id = ev.id_of_token.get(sub.token)
         if late_id is not None:
             rep.written_late += 1
+            if any(e["type"] == "cancelled" for e in ev.outcomes.get(late_id, [])):
+                rep.withdrawn += 1
         delivered_outcome = late_id is not None and any(
             e["type"] == "delivered" for e in ev.outcomes.get(late_id, [])
         )
@@ -695,6 +719,18 @@ def analyse(
                 if e["type"] in ("rejected", "cancelled")
             ]
             rep.refused_delivered_why[f"{asked}: {'; '.join(answers) or 'no answer'}"] += 1
+
+    # ingest works again: from some point after the fault, every submission is accepted (a
+    # 503, another 5xx or no answer is a refusal; a 4xx is the submission's own fault)
+    after = sorted((s for s in subs if s.sent_at >= fault.ended_wall), key=lambda s: s.sent_at)
+
+    def refused_now(s: Submission) -> bool:
+        return s.message_id is None and (s.status is None or s.status >= 500)
+
+    rep.refused_after_fault = sum(1 for s in after if refused_now(s))
+    last_refused = max((i for i, s in enumerate(after) if refused_now(s)), default=-1)
+    if last_refused + 1 < len(after):
+        rep.accepting_again = max(0.0, after[last_refused + 1].sent_at - fault.ended_wall)
 
     for service in WATCHED:
         since = fault.recover_from.get(service, fault.ended)
@@ -730,6 +766,11 @@ def analyse(
         f.append(f"{len(rep.refused_delivered)} refused submissions delivered")
     if ev.unreadable:
         f.append(f"{len(ev.unreadable)} sink files without Message-ID or token")
+    if rep.accepting_again is None:
+        f.append(
+            f"ingest still refusing when the load stopped, {len(after)} submissions after the "
+            f"fault: {rep.refused_after_fault} refused or unanswered"
+        )
     never = [s for s, t in rep.time_to_healthy.items() if t is None]
     if never:
         f.append(f"not healthy again after the fault: {', '.join(never)}")
@@ -788,7 +829,7 @@ async def _run(trial: Trial, inject: Fault) -> Report:
         try:
             await inject(trial)
         finally:
-            trial.fault.ended = time.monotonic()
+            trial.fault.ended, trial.fault.ended_wall = time.monotonic(), time.time()
         await asyncio.sleep(config.after_seconds)  # load after the fault (not a wait for work)
         stop_load.set()
         await load_task

@@ -498,6 +498,10 @@ class Report:
     scheduled_events: int = 0
     due_events: int = 0
     dispatch_events: int = 0
+    #: due / dispatch events beyond one per (message id, attempt): at-least-once repeats that
+    #: the sender must absorb (reported, not a failure by themselves)
+    due_repeats: int = 0
+    dispatch_repeats: int = 0
     outcome_types: Counter[str] = field(default_factory=Counter)
     delivered: int = 0  # accepted ids with at least one copy in the sink
     sink_files: int = 0
@@ -547,7 +551,8 @@ class Report:
             ("no answer (timeout/reset)", str(self.unanswered)),
             (
                 "scheduled/due/dispatch events",
-                f"{self.scheduled_events} / {self.due_events} / {self.dispatch_events}",
+                f"{self.scheduled_events} / {self.due_events} / {self.dispatch_events}  "
+                f"(repeats: due {self.due_repeats}, dispatch {self.dispatch_repeats})",
             ),
             (
                 "outcome events",
@@ -648,6 +653,10 @@ def analyse(
     rep.scheduled_events = sum(ev.scheduled_count.values())
     rep.due_events = sum(len(v) for v in ev.due.values())
     rep.dispatch_events = sum(len(v) for v in ev.dispatch.values())
+    rep.due_repeats = rep.due_events - sum(len({a for *_x, a in v}) for v in ev.due.values())
+    rep.dispatch_repeats = rep.dispatch_events - sum(
+        len({a for *_x, a in v}) for v in ev.dispatch.values()
+    )
     rep.outcome_types = Counter(e["type"] for v in ev.outcomes.values() for e in v)
     rep.sink_files = len(ev.seen_files)
     latenesses: list[float] = []

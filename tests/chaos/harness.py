@@ -397,14 +397,8 @@ class Delivery:
 class Evidence:
     """Everything read so far from the topics and the outbox, by message id and by token."""
 
-    def __init__(self, stack: Stack) -> None:
-        s = stack.settings
-        bootstrap = s.kafka_bootstrap or ""
-        self.readers = {
-            name: TopicReader(bootstrap, s.topic(name), s.topic_partitions or 2)
-            for name in ("schedule", "due", "dispatch", "outcomes")
-        }
-        self.outbox = stack.outbox
+    def __init__(self, readers: dict[str, TopicReader], outbox: Path) -> None:
+        self.readers, self.outbox = readers, outbox
         self.seen_files: set[str] = set()
         # from kairos.schedule
         self.scheduled: dict[str, dict[str, Any]] = {}  # message id -> first scheduled event
@@ -421,11 +415,26 @@ class Evidence:
         self.delivered_tokens: dict[str, list[Delivery]] = defaultdict(list)
         self.unreadable: list[str] = []
 
+    @classmethod
+    def of(cls, stack: Stack) -> Evidence:
+        """Evidence read from ``stack``'s four topics and its sink's outbox."""
+        s = stack.settings
+        bootstrap = s.kafka_bootstrap or ""
+        readers = {
+            name: TopicReader(bootstrap, s.topic(name), s.topic_partitions or 2)
+            for name in ("schedule", "due", "dispatch", "outcomes")
+        }
+        return cls(readers, stack.outbox)
+
     async def refresh(self) -> None:
         """Read what is new on the four topics and in the outbox."""
         new = await asyncio.gather(*(r.read_new() for r in self.readers.values()))
-        by_topic = dict(zip(self.readers, new, strict=True))
-        for event in by_topic["schedule"]:
+        self.add(dict(zip(self.readers, new, strict=True)))
+        self.read_outbox()
+
+    def add(self, by_topic: dict[str, list[dict[str, Any]]]) -> None:
+        """Fold events (by logical topic name) into what is known."""
+        for event in by_topic.get("schedule", []):
             kind, mid = event.get("type"), event.get("message_id")
             if kind == "scheduled" and mid:
                 self.scheduled_count[mid] += 1
@@ -442,16 +451,15 @@ class Evidence:
             elif kind == "cancel" and mid:
                 self.cancel_requested.add(mid)
         for name, table in (("due", self.due), ("dispatch", self.dispatch)):
-            for event in by_topic[name]:
+            for event in by_topic.get(name, []):
                 table[event["message_id"]].append(
                     (_ts(event["emitted_at"]), int(event["due_at"]), int(event["attempt"]))
                 )
-        for event in by_topic["outcomes"]:
+        for event in by_topic.get("outcomes", []):
             if event.get("message_id"):
                 self.outcomes[event["message_id"]].append(event)
-        self._read_outbox()
 
-    def _read_outbox(self) -> None:
+    def read_outbox(self) -> None:
         if not self.outbox.exists():
             return
         for entry in os.scandir(self.outbox):
@@ -822,12 +830,12 @@ async def _run(trial: Trial, inject: Fault) -> Report:
     stop_load, stop_monitor = asyncio.Event(), asyncio.Event()
     monitor_task = asyncio.create_task(monitor.run(stop_monitor))
     load_task = asyncio.create_task(trial.load.run(stop_load))
-    ev = Evidence(stack)
+    ev = Evidence.of(stack)
     settled_in: float | None = None
     try:
         # warm: the pipeline delivers before anything is broken
         async def warm() -> bool:
-            ev._read_outbox()
+            ev.read_outbox()
             return len(ev.seen_files) >= config.warmup_deliveries
 
         if not await _until(warm, 60, every=0.2):

@@ -28,7 +28,7 @@ from schemas.events import (
     Tick,
 )
 from services.timer.state import PAUSE_EXPIRY_SECONDS
-from tests.integration.conftest import Stack, Watcher, read_to_end
+from tests.integration.conftest import Stack, Watcher, read_to_end, wait_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -133,11 +133,13 @@ def emitted_at(value: bytes) -> float:
 
 
 async def all_dues(stack: Stack) -> list[tuple[str, int, float]]:
-    """(message id, attempt, emitted at) of every due event on the stack's due topic, once its
-    timer has stopped: all it ever emitted, read to the end offsets (nothing to wait out)."""
-    if "timer" in stack.procs:
-        stack.stop("timer")
-    records = await read_to_end(stack.settings.kafka_bootstrap or "", stack.settings.topic("due"))
+    """(message id, attempt, emitted at) of every due event on the stack's due topic, once the
+    timer has handled every schedule-stream event written so far (faust commits an event's
+    offset once its batch's due events are acknowledged): all it emitted up to now, repeats
+    included, read to the end offsets (nothing to wait out)."""
+    bootstrap = stack.settings.kafka_bootstrap or ""
+    await wait_committed(bootstrap, stack.settings.group("timer"), stack.settings.topic("schedule"))
+    records = await read_to_end(bootstrap, stack.settings.topic("due"))
     out = []
     for r in records:
         d = orjson.loads(r.value)
@@ -164,7 +166,7 @@ async def test_burst_of_10000_in_one_second_is_emitted_completely(stack: Stack) 
         seen = SeenIds()
         await w.wait_for(lambda r: len(seen(r)) >= n, timeout=120, what=f"{n} due events")
         assert_never_early(w.records)
-        # a repeat could come after the last first copy: count on all the timer ever emitted
+        # a repeat could come after the last first copy: count on all the timer emitted
         counts = collections.Counter((m, attempt) for m, attempt, _ in await all_dues(stack))
         repeats = sum(c - 1 for c in counts.values())
         last = max(t for t, _ in w.records)

@@ -27,6 +27,7 @@ from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
 from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
+from services.sender.handled import HandledAttempts
 from services.sender.message import DkimKeys, prepare
 from services.sender.outcome import result_of
 from services.sender.policy import RetryPolicy
@@ -88,7 +89,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     )
     await health.start()
     await producer.start()
-    handled: set[tuple[str, int]] = set()
+    handled = HandledAttempts(settings.dedupe_lookback)
     #: attempts being relayed now: a copy of a dispatch in the same fetch (or a concurrent
     #: one) is not relayed beside it
     in_flight: set[tuple[str, int]] = set()
@@ -168,7 +169,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             out.append(Record(schedule_topic, encode(result.retry), record.key))
         # retried through a broker outage: relayed mail always gets its outcome
         await producer.publish_until_done(out)
-        handled.add((d.message_id, d.attempt))
+        handled.add((d.message_id, d.attempt), clock.now())
         count("sender", result.outcome.type)
         if isinstance(result.outcome, Delivered):
             LATENESS.labels("delivered").observe(result.outcome.lateness_ms / 1000)
@@ -200,7 +201,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             if reload.is_set():
                 reload.clear()
                 since = clock.now() - settings.dedupe_lookback
-                handled.update(await reread(since))
+                handled.update(await reread(since), clock.now())
         await asyncio.gather(*(deliver(r) for r in records))
 
     lag = asyncio.create_task(track_lag("sender", consumer))

@@ -204,7 +204,18 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _inline_schema(EmailRequest)}},
+                "content": {
+                    "application/json": {
+                        "schema": _inline_schema(EmailRequest),
+                        "example": {
+                            "from": "Hello <hello@example.com>",
+                            "to": "user@example.org",
+                            "subject": "Reminder",
+                            "text": "This arrives at the scheduled second.",
+                            "scheduledAt": "2030-01-01T09:00:00Z",
+                        },
+                    }
+                },
             }
         },
     )

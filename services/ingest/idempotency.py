@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,8 +68,13 @@ def key_digest(account_id: str, key: str) -> str:
 
 
 def body_digest(body: Any) -> str:
-    """A hash of a request body that ignores key order."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """A hash of a request body that ignores key order (any JSON value: integers beyond 64
+    bits too)."""
+    try:
+        data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson does not write (a huge integer): the standard library
+        data = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

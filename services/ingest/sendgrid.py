@@ -129,7 +129,14 @@ def _address(value: Any, field: str) -> str:
     check_line(value["email"], f"{field}.email")
     if name:
         check_line(name, f"{field}.name")
-    return email.utils.formataddr((name, value["email"])) if name else str(value["email"])
+    if not name:
+        return str(value["email"])
+    try:
+        return email.utils.formataddr((name, value["email"]))
+    except UnicodeEncodeError as exc:  # formataddr takes only an ASCII address
+        raise SubmitError(
+            "INVALID_ADDRESS", f"{value['email']!r} is not an email address", f"{field}.email"
+        ) from exc
 
 
 def _addresses(values: Any, field: str) -> list[str] | None:

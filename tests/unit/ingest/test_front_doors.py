@@ -137,6 +137,11 @@ def test_a_lone_surrogate_with_an_idempotency_key_is_a_400(client: TestClient) -
     assert error_code(r) == "INVALID_REQUEST"
 
 
+def test_a_huge_integer_with_an_idempotency_key_is_no_500(client: TestClient) -> None:
+    r = client.post("/email", json=email(scheduledAt=2**64), headers={"Idempotency-Key": "huge"})
+    assert error_code(r) == "SCHEDULED_AT_TOO_FAR"
+
+
 def test_unknown_paths_and_methods_answer_in_their_api_s_shape(client: TestClient) -> None:
     assert error_code(client.get("/nope"), 404) == "NOT_FOUND"
     assert error_code(client.put("/email"), 405) == "METHOD_NOT_ALLOWED"

@@ -37,6 +37,13 @@ def test_body_hash_ignores_key_order() -> None:
     assert body_digest({"a": 1}) != body_digest({"a": 2})
 
 
+def test_body_hash_takes_any_json_value() -> None:
+    """A JSON body may hold integers beyond 64 bits (found by schemathesis: a 500)."""
+    big = {"b": 2**64, "a": -(2**70)}
+    assert body_digest(big) == body_digest(dict(reversed(big.items())))
+    assert body_digest(big) != body_digest({"b": 2**64 + 1, "a": -(2**70)})
+
+
 def in_flight(cid: str, at: float = NOW, expires_in: float = 60.0, body: str = "b") -> Record:
     return Record("k", "claimed", cid, body, at, expires_at=at + expires_in)
 

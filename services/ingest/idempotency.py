@@ -41,6 +41,7 @@ from aiokafka.structs import TopicPartition
 from kairos.clock import Clock
 from kairos.kafka.clients import make_consumer
 from kairos.logging import get_logger
+from kairos.settings import KairosSettings
 from services.ingest.compose import SubmitError
 
 log = get_logger("kairos.ingest.idempotency")
@@ -48,7 +49,7 @@ log = get_logger("kairos.ingest.idempotency")
 #: How long a completed key answers with its first response.
 TTL_SECONDS = 24 * 3600
 #: How long a claim whose request has not completed holds its key (the setting's default).
-IN_FLIGHT_SECONDS = 60.0
+IN_FLIGHT_SECONDS: float = KairosSettings.model_fields["idempotency_in_flight_timeout"].default
 MAX_KEY_LENGTH = 256
 _FIELDS = ("key", "state", "claim_id", "body_hash", "at", "response", "expires_at")
 

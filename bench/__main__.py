@@ -12,17 +12,26 @@ import argparse
 import asyncio
 import os
 import platform
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import report, submission
+from bench import cpu, mta, report, submission
 from bench.burst import burst
 from bench.ceiling import HOPS, KafkaTools, RawRelay, kafka_perf
-from bench.harness import delete_topics, end_offsets, running, wait_consumed
-from bench.load import build, event_size
+from bench.harness import (
+    Broker,
+    delete_topics,
+    end_offsets,
+    free_port,
+    local_broker,
+    running,
+    wait_consumed,
+)
+from bench.load import build, event_size, mime_size
 from bench.steady import steady
 from bench.timer_scale import timer_scale
 from kairos.kafka.bootstrap import resolve_bootstrap
@@ -31,7 +40,7 @@ from kairos.settings import KairosSettings
 from schemas.registry import MESSAGE_PARTITIONS
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("ceiling", "submission", "steady", "burst", "timer")
+SCENARIOS = ("ceiling", "submission", "steady", "burst", "large", "stages", "timer")
 ALL = ("ingest", "timer", "validator", "sender")
 T = TypeVar("T")
 
@@ -61,9 +70,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "partitions": partitions,
         "hops": HOPS,
         "record_bytes": event_size(),
+        "record_bytes_large": event_size("64k"),
+        "message_bytes": mime_size("1k"),
+        "message_bytes_large": mime_size("64k"),
         "phase_seconds": {},
     }
     t0 = time.monotonic()
+    scratch = Path(tempfile.mkdtemp(prefix="kairos-bench-"))
     say(f"bench {run}: broker {bootstrap}, {partitions} partitions, scenarios {','.join(only)}")
 
     async def phase(name: str, work: Awaitable[T]) -> T:
@@ -74,38 +87,98 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return result
 
     tools = KafkaTools(settings, bootstrap)
+    broker = local_broker(settings)
+    pool = settings.relay_pool_size
+    r["relay_pool_size"] = pool
+    r["sink"] = args.sink
+    r["cpu"] = {}
+    # the raw counterparts' CPU per 1,000 messages, by message size: name -> ms per 1,000
+    raw: dict[str, dict[str, float | None]] = {"1k": {}, "64k": {}, "hop alone": {}}
+    r["cpu_raw"] = raw
     try:
         if "ceiling" in only:
             r["kafka_perf"] = await phase(
                 "kafka perf tools",
                 kafka_perf(tools, ours, partitions, rf, max(args.n, 50_000), r["record_bytes"]),
             )
-            relay = RawRelay(bootstrap, ours, partitions, rf)
-            await relay.start()
-            try:
-                records = build("acc_relay", "relay", args.n, lambda i: 0)
-                r["raw_relay"] = await phase(
-                    "raw relay burst",
-                    relay.burst(records, "relay", time.monotonic() + args.burst_cap),
-                )
-                del records
-                r["raw_relay_steady"] = await phase(
-                    "raw relay steady",
-                    relay.steady(
-                        args.rate,
-                        args.steady_seconds,
-                        build("acc", "x", 1, lambda i: 0)[0][1],
-                        "rsteady",
-                        args.steady_drain,
+            r["smtp_ceiling"] = await phase(
+                "smtp ceiling",
+                asyncio.to_thread(
+                    mta.smtp_ceiling, scratch, free_port(), args.n, pool, mime_size("1k")
+                ),
+            )
+            r["raw_relay"] = await phase(
+                "raw relay burst",
+                relay_burst(bootstrap, f"{ours}relay", partitions, rf, HOPS, broker, args, "1k"),
+            )
+            if "stages" in only:
+                r["raw_hop"] = await phase(
+                    "raw relay, one hop alone",
+                    relay_burst(
+                        bootstrap, f"{ours}hop", partitions, rf, 1, broker, args, "1k", args.stage_n
                     ),
                 )
-            finally:
-                relay.stop()
+            if "large" in only:
+                r["smtp_ceiling_large"] = await phase(
+                    "smtp ceiling, 64 KiB",
+                    asyncio.to_thread(
+                        mta.smtp_ceiling, scratch, free_port(), args.large_n, pool, mime_size("64k")
+                    ),
+                )
+                r["raw_relay_large"] = await phase(
+                    "raw relay burst, 64 KiB",
+                    relay_burst(
+                        bootstrap,
+                        f"{ours}large",
+                        partitions,
+                        rf,
+                        HOPS,
+                        broker,
+                        args,
+                        "64k",
+                        args.large_n,
+                    ),
+                )
+            if "steady" in only:
+                relay = RawRelay(bootstrap, f"{ours}rsteady", partitions, rf)
+                await relay.start()
+                relay.go.write_text("0")
+                try:
+                    r["raw_relay_steady"] = await phase(
+                        "raw relay steady",
+                        relay.steady(
+                            args.rate,
+                            args.steady_seconds,
+                            build("acc", "x", 1, lambda i: 0)[0][1],
+                            "rsteady",
+                            args.steady_drain,
+                        ),
+                    )
+                finally:
+                    relay.stop()
+            fill_raw(r, raw)
         if only & {"submission", "steady"}:
-            async with running(bootstrap, partitions, f"{pipes}a.", *ALL) as p:
+            async with running(bootstrap, partitions, f"{pipes}a.", *ALL, relay=args.sink) as p:
                 account, key = p.create_account()
                 if "submission" in only:
-                    r["submission"] = await phase("submission", submit(p, key, args.submit_seconds))
+                    window = cpu.Window(p.pids(broker)).start()
+                    began = time.monotonic()
+                    http = await phase(
+                        "submission http", submission.http(p, key, args.submit_seconds)
+                    )
+                    smtp = await phase(
+                        "submission smtp", submission.smtp(p, key, args.submit_seconds)
+                    )
+                    used, wall = window.stop(), time.monotonic() - began
+                    r["submission"] = {
+                        "http": http,
+                        "smtp": smtp,
+                        "raw": await phase(
+                            "submission raw", submission.raw(p, args.submit_seconds)
+                        ),
+                    }
+                    accepted = http["accepted"] + (smtp["accepted"] if smtp else 0)
+                    r["cpu"]["submission"] = cpu.figures(used, accepted, raw["1k"], "1k", wall)
                     # let the timer take in what was submitted before measuring steady state
                     ends = await end_offsets(bootstrap, p.topic("schedule"))
                     await wait_consumed(
@@ -116,15 +189,51 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         time.monotonic() + 120,
                     )
                 if "steady" in only:
+                    window = cpu.Window(p.pids(broker)).start()
+                    began = time.monotonic()
                     r["steady"] = await phase(
                         "steady",
                         steady(p, account, args.rate, args.steady_seconds, args.steady_drain),
                     )
-        if "burst" in only:
-            async with running(bootstrap, partitions, f"{pipes}b.", *ALL) as p:
+                    used, wall = window.stop(), time.monotonic() - began
+                    r["cpu"]["steady"] = cpu.figures(
+                        used, r["steady"]["written"], raw["1k"], "1k", wall, cpu.NO_INGEST
+                    )
+        for name, letter, size, n, alone in (
+            ("burst", "b", "1k", args.n, False),
+            ("large", "l", "64k", args.large_n, False),
+            ("stages", "s", "1k", args.stage_n, True),
+        ):
+            if name not in only:
+                continue
+            async with running(
+                bootstrap, partitions, f"{pipes}{letter}.", *ALL, relay=args.sink
+            ) as p:
                 account, _ = p.create_account()
-                r["burst"] = await phase(
-                    "burst", burst(p, account, args.n, args.burst_lead, args.burst_cap)
+                b = await phase(
+                    name,
+                    burst(p, account, n, args.burst_lead, args.burst_cap, broker, size, alone),
+                )
+            r[name] = b
+            kind = "hop alone" if alone else size
+            if alone:
+                for service, st in b["stages"].items():
+                    keep = {service, "broker"} | ({"sink"} if service == "sender" else set())
+                    used = {k: v for k, v in st["cpu_ms"].items() if k in keep}
+                    r["cpu"][f"{name}: {service} alone"] = cpu.figures(
+                        used, n, raw[kind], kind, st["seconds"]
+                    )
+            else:
+                r["cpu"][f"{name}: intake"] = cpu.figures(
+                    b["cpu_ms"]["intake"], n + b["probe_n"], raw[kind], kind, None, cpu.NO_INGEST
+                )
+                r["cpu"][f"{name}: firing"] = cpu.figures(
+                    b["cpu_ms"]["firing"],
+                    b["delivered"],
+                    raw[kind],
+                    kind,
+                    b["firing_wall_seconds"],
+                    cpu.NO_INGEST,
                 )
         if "timer" in only:
             async with running(bootstrap, partitions, f"{pipes}c.", "timer") as p:
@@ -145,6 +254,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print(report.table(r))
     print()
+    print(cpu.table(r["cpu"]))
+    print()
     say(
         f"{r['elapsed_seconds']:.0f}s; wrote {RESULTS / (stamp + '.json')}"
         + (f" and {png}" if drew else "")
@@ -152,12 +263,47 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return r
 
 
-async def submit(p: Any, api_key: str, seconds: float) -> dict[str, Any]:
-    return {
-        "http": await submission.http(p, api_key, seconds),
-        "smtp": await submission.smtp(p, api_key, seconds),
-        "raw": await submission.raw(p, seconds),
-    }
+async def relay_burst(
+    bootstrap: str,
+    prefix: str,
+    partitions: int,
+    rf: int,
+    hops: int,
+    broker: Broker,
+    args: argparse.Namespace,
+    size: str,
+    n: int | None = None,
+) -> dict[str, Any]:
+    """The raw relay of ``hops`` hops, ``n`` (default the burst's) messages of ``size``."""
+    relay = RawRelay(bootstrap, prefix, partitions, rf, hops, broker.pid)
+    await relay.start()
+    try:
+        records = build("acc_relay", "relay", n or args.n, lambda i: 0, size)
+        return await relay.burst(records, "relay", time.monotonic() + args.burst_cap)
+    finally:
+        relay.stop()
+
+
+def fill_raw(r: dict[str, Any], raw: dict[str, dict[str, float | None]]) -> None:
+    """The raw counterparts' CPU per 1,000 messages, from the ceiling's figures."""
+    perf = (r.get("kafka_perf") or {}).get("producer_ms_per_1000")
+    for kind, relay_key, smtp_key in (
+        ("1k", "raw_relay", "smtp_ceiling"),
+        ("64k", "raw_relay_large", "smtp_ceiling_large"),
+        ("hop alone", "raw_hop", "smtp_ceiling"),
+    ):
+        relay = (r.get(relay_key) or {}).get("ms_per_1000", {})
+        smtp = (r.get(smtp_key) or {}).get("ms_per_1000", {})
+        raw[kind].update(
+            {
+                "relay hop": relay.get("relay hop"),
+                "broker": relay.get("broker"),
+                "bench": relay.get("bench"),
+                "smtp-source": smtp.get("smtp-source"),
+                "smtp-sink": smtp.get("smtp-sink"),
+                "ProducerPerformance": perf,
+            }
+        )
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -176,6 +322,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "pending": 10_000,
         "timer_cap": 120,
         "submit_seconds": 5,
+        "large_n": 300,
+        "stage_n": 2_000,
     }
     full = {
         "n": 100_000,
@@ -187,6 +335,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "pending": 30_000,
         "timer_cap": 300,
         "submit_seconds": 10,
+        "large_n": 2_000,
+        "stage_n": 20_000,
     }
     add = parser.add_argument
     add("--quick", action="store_true", help="a small run (about 4 minutes)")
@@ -207,6 +357,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "1,000,000; quick 10,000)",
     )
     add("--timer-cap", type=float, help="wait for the timer to take them in (default 300 s)")
+    add("--large-n", type=int, help="messages of 64 KiB in the large scenario (2,000; quick 300)")
+    add(
+        "--stage-n",
+        type=int,
+        help="messages each stage drains alone in the stages scenario (20,000; quick 2,000)",
+    )
+    add(
+        "--sink",
+        choices=("postfix", "python"),
+        default="postfix" if mta.available() else "python",
+        help="the sender's relay: postfix (smtp-sink, C, discards; the default when Postfix is "
+        "installed) or python (bench.sink, the counting sink)",
+    )
     add("--submit-seconds", type=float, help="each submission run (default 10 s; quick 5 s)")
     add(
         "--only",

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import orjson
@@ -31,6 +31,9 @@ from kairos.kafka.clients import make_admin, make_consumer
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
+
+if TYPE_CHECKING:
+    from bench.mta import SmtpSink
 
 ADMIN_TOKEN = "adm_bench"
 _PR_SET_PDEATHSIG = 1
@@ -86,6 +89,44 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
+class Broker(NamedTuple):
+    """The broker as the bench sees it: its process (None when it runs elsewhere) and its
+    ``log.dirs`` (None when unknown)."""
+
+    pid: int | None
+    data_dir: Path | None
+
+
+def local_broker(settings: KairosSettings) -> Broker:
+    """The local broker of ``settings`` (kairos.kafka.local), or nothing known when
+    ``KAIROS_KAFKA_BOOTSTRAP`` names a cluster elsewhere."""
+    if settings.kafka_bootstrap:
+        return Broker(None, None)
+    from kairos.kafka.local import LocalKafka
+
+    status = LocalKafka.from_settings(settings).status()
+    return Broker(status.pid, status.data_dir)
+
+
+def log_bytes(data_dir: Path | None, prefix: str) -> dict[str, int] | None:
+    """Bytes of the log segments (``*.log``, the records; indexes are preallocated) of every
+    topic whose name starts with ``prefix``, summed over its partitions' directories in the
+    broker's ``data_dir``; None when the data dir is not known."""
+    if data_dir is None or not data_dir.is_dir():
+        return None
+    sizes: dict[str, int] = {}
+    for d in data_dir.iterdir():
+        if not d.name.startswith(prefix) or not d.is_dir():
+            continue
+        topic = d.name.rsplit("-", 1)[0]
+        total = 0
+        for f in d.glob("*.log"):
+            with contextlib.suppress(OSError):
+                total += f.stat().st_size
+        sizes[topic] = sizes.get(topic, 0) + total
+    return sizes
+
+
 class CountingSink:
     """The counting SMTP sink (``bench.sink``), as a process of its own."""
 
@@ -96,6 +137,10 @@ class CountingSink:
     def start(self) -> None:
         self.proc = spawn([sys.executable, "-m", "bench.sink", str(self.port), str(self.file)])
         wait_port(self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     @property
     def count(self) -> int:
@@ -118,6 +163,9 @@ class Pipeline:
     bootstrap: str
     partitions: int
     prefix: str
+    #: the SMTP relay: "postfix" (smtp-sink, C, discards) or "python" (bench.sink, counts)
+    relay: str = "python"
+    extra_env: dict[str, str] = field(default_factory=dict)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kairos-bench-")))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -146,8 +194,15 @@ class Pipeline:
             "KAIROS_LOG_LEVEL": "WARNING",
             # as the StatefulSet names its pods: a restarted timer takes its partitions back
             "KAIROS_TIMER_INSTANCE_ID": f"{self.prefix}timer-0",
+            **self.extra_env,
         }
-        self.sink = CountingSink(self.ports["sink"], self.base)
+        from bench.mta import SmtpSink  # bench.mta uses this module's spawn
+
+        self.sink: CountingSink | SmtpSink = (
+            SmtpSink(self.ports["sink"], self.base)
+            if self.relay == "postfix"
+            else CountingSink(self.ports["sink"], self.base)
+        )
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
@@ -162,13 +217,13 @@ class Pipeline:
         self.sink.start()
 
     def start(self, *services: str) -> None:
-        """Start services, each as ``python -m kairos.cli run <service>``; wait until healthy."""
+        """Start services, each as ``python -m services.<service>``; wait until healthy."""
         for service in services:
             env = dict(self.env)
             if service != "ingest":
                 env["KAIROS_HEALTH_PORT"] = str(self.ports[service])
             self.procs[service] = spawn(
-                [sys.executable, "-m", "kairos.cli", "run", service],
+                [sys.executable, "-m", f"services.{service}"],
                 env=env,
                 log=self.base / f"{service}.log",
             )
@@ -207,6 +262,22 @@ class Pipeline:
         )
         r.raise_for_status()
         return r.json()["account_id"], r.json()["api_key"]
+
+    def pids(self, broker: Broker | None = None) -> dict[str, int | None]:
+        """The processes whose CPU the bench reads: the services, the sink, the broker (when
+        local) and the bench itself (the load generator)."""
+        out: dict[str, int | None] = {s: p.pid for s, p in self.procs.items()}
+        out["sink"] = self.sink.pid
+        out["broker"] = broker.pid if broker else None
+        out["bench"] = os.getpid()
+        return out
+
+    def pause(self, service: str) -> None:
+        """SIGSTOP a service (its input piles up while it is stopped)."""
+        self.procs[service].send_signal(signal.SIGSTOP)
+
+    def resume(self, service: str) -> None:
+        self.procs[service].send_signal(signal.SIGCONT)
 
     def rss(self, service: str) -> int:
         return rss_of(self.procs[service].pid)
@@ -299,8 +370,11 @@ class TopicWatch:
     ) -> None:
         self.bootstrap, self.topic, self.prefix, self.parse = bootstrap, topic, prefix, parse
         self.seen: list[Any] = []
-        #: events seen by type (for parse_event's Seen)
+        #: events seen by type (for parse_event's Seen), duplicates included
         self.counts: Counter[str] = Counter()
+        #: message ids seen by type, and the ids that got an outcome that ends their story
+        self.ids: dict[str, set[str]] = {}
+        self.settled: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -326,15 +400,25 @@ class TopicWatch:
                             if r.key is None or r.key.startswith(marker):
                                 item = self.parse(now, r.key, r.value)
                                 self.seen.append(item)
-                                self.counts[getattr(item, "type", "")] += 1
+                                kind = getattr(item, "type", "")
+                                self.counts[kind] += 1
+                                mid = getattr(item, "message_id", None)
+                                if mid is not None:
+                                    self.ids.setdefault(kind, set()).add(mid)
+                                    if kind in ("delivered", "failed"):
+                                        self.settled.add(mid)
             finally:
                 await consumer.stop()
 
         self._task = asyncio.create_task(run())
 
     def terminal(self) -> int:
-        """Outcomes that end a message's story (delivered or failed) seen so far."""
-        return self.counts["delivered"] + self.counts["failed"]
+        """Messages (unique ids) whose story has ended (delivered or failed) so far."""
+        return len(self.settled)
+
+    def unique(self, kind: str) -> int:
+        """Unique message ids seen with events of ``kind``."""
+        return len(self.ids.get(kind, ()))
 
     @staticmethod
     async def until(done: Callable[[], bool], deadline: float) -> bool:
@@ -354,10 +438,16 @@ class TopicWatch:
 
 @contextlib.asynccontextmanager
 async def running(
-    bootstrap: str, partitions: int, prefix: str, *services: str
+    bootstrap: str,
+    partitions: int,
+    prefix: str,
+    *services: str,
+    relay: str = "python",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Pipeline]:
-    """A fresh pipeline with ``services`` running; stopped on the way out."""
-    p = Pipeline(bootstrap, partitions, prefix)
+    """A fresh pipeline with ``services`` running, relaying to ``relay`` (see Pipeline);
+    stopped on the way out."""
+    p = Pipeline(bootstrap, partitions, prefix, relay, env or {})
     await p.prepare()
     try:
         p.start(*services)

@@ -24,15 +24,37 @@ MIME = (
 )
 
 
+#: a 64 KiB message: HTML (with a plain-text part) and a small attachment, like a newsletter
+#: or an invoice; {id} is its Message-ID
+_HTML = '<tr><td style="padding:8px">Item {i}</td><td>Lorem ipsum dolor sit amet</td></tr>\r\n'
+LARGE_MIME = (
+    "From: Bench <hello@bench.test>\r\nTo: user@example.org\r\nSubject: bench (64 KiB)\r\n"
+    "Message-ID: <{id}@bench.test>\r\nMIME-Version: 1.0\r\n"
+    'Content-Type: multipart/mixed; boundary="mixed"\r\n\r\n'
+    '--mixed\r\nContent-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+    "--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + "Your statement.\r\n" * 64 + "\r\n"
+    "--alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body><table>\r\n"
+    + "".join(_HTML.format(i=i) for i in range(570))
+    + "</table></body></html>\r\n--alt--\r\n"
+    '--mixed\r\nContent-Type: application/pdf; name="statement.pdf"\r\n'
+    "Content-Transfer-Encoding: base64\r\n"
+    'Content-Disposition: attachment; filename="statement.pdf"\r\n\r\n'
+    + ("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\r\n" * 216)
+    + "--mixed--\r\n"
+)
+#: message sizes the bench offers: name -> MIME template
+SIZES = {"1k": MIME, "64k": LARGE_MIME}
+
+
 def message_id(tag: str) -> str:
     """A unique message id whose prefix ``tag`` lets the bench pick its own events out."""
     return f"{tag}-{uuid.uuid4().hex}"
 
 
-def scheduled(account: str, mid: str, due: int) -> Scheduled:
-    """A ``Scheduled`` event as ingest would write it for a small message."""
+def scheduled(account: str, mid: str, due: int, size: str = "1k") -> Scheduled:
+    """A ``Scheduled`` event as ingest would write it for a message of ``size`` (SIZES)."""
     now = datetime.now(UTC)
-    mime = MIME.format(id=mid)
+    mime = SIZES[size].format(id=mid)
     return Scheduled(
         occurred_at=now,
         account_id=account,
@@ -50,17 +72,25 @@ def scheduled(account: str, mid: str, due: int) -> Scheduled:
     )
 
 
-def event_size() -> int:
+def event_size(size: str = "1k") -> int:
     """Bytes of one encoded bench event (the record size the ceiling is measured with)."""
-    return len(encode(scheduled("acc_bench0000000000", message_id("size"), int(time.time()))))
+    mid = message_id("size")
+    return len(encode(scheduled("acc_bench0000000000", mid, int(time.time()), size)))
 
 
-def build(account: str, tag: str, n: int, due: Callable[[int], int]) -> list[tuple[bytes, bytes]]:
-    """``n`` encoded events (key, value); the ``i``-th is due at ``due(i)``."""
+def mime_size(size: str = "1k") -> int:
+    """Bytes of the message the sender relays (the SMTP ceiling's message size)."""
+    return len(SIZES[size].format(id=message_id("size")).encode())
+
+
+def build(
+    account: str, tag: str, n: int, due: Callable[[int], int], size: str = "1k"
+) -> list[tuple[bytes, bytes]]:
+    """``n`` encoded events (key, value) of ``size``; the ``i``-th is due at ``due(i)``."""
     out = []
     for i in range(n):
         mid = message_id(tag)
-        out.append((mid.encode(), encode(scheduled(account, mid, due(i)))))
+        out.append((mid.encode(), encode(scheduled(account, mid, due(i), size))))
     return out
 
 

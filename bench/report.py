@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: what the issue asks the pipeline to reach (reported, never asserted)
 AIMS = {
@@ -54,142 +54,149 @@ def le(value: Any, limit: float) -> bool | None:
     return bool(value <= limit)
 
 
-def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(figure, pipeline, ceiling, pipeline / ceiling, aim) for every reported figure."""
+class Row(NamedTuple):
+    """One figure: its printed cells, and the numbers behind them for the JSON."""
+
+    figure: str
+    pipeline: str
+    ceiling: str
+    ratio: str
+    aim: str
+    value: Any = None
+    ceiling_value: Any = None
+    ratio_value: float | None = None
+
+
+def _ratio(value: Any, ceiling: Any) -> float | None:
+    try:
+        r = float(value) / float(ceiling)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return None if math.isnan(r) else r
+
+
+def row(
+    figure: str,
+    pipeline: str,
+    ceiling: str = "",
+    aim_text: str = "",
+    value: Any = None,
+    ceiling_value: Any = None,
+) -> Row:
+    """A row whose ratio is ``value / ceiling_value`` (both numbers), printed and kept."""
+    scalar = value if not isinstance(value, list | tuple | dict) else None
+    r = _ratio(scalar, ceiling_value) if ceiling_value is not None else None
+    return Row(
+        figure,
+        pipeline,
+        ceiling,
+        ratio(scalar, ceiling_value) if ceiling_value is not None else "",
+        aim_text,
+        value,
+        ceiling_value,
+        r,
+    )
+
+
+def build_rows(r: dict[str, Any]) -> list[Row]:
+    """Every reported figure with its ceiling and their ratio."""
     perf = r.get("kafka_perf") or {}
     prod, cons = perf.get("producer", {}), perf.get("consumer", {})
     relay, rsteady = r.get("raw_relay") or {}, r.get("raw_relay_steady") or {}
-    out: list[tuple[str, str, str, str, str]] = []
-    hops = r["hops"]
+    smtp = r.get("smtp_ceiling") or {}
+    out: list[Row] = []
     if perf:
         out += [
-            (
+            row(
                 f"ceiling: ProducerPerformance, {perf['records']:,} x {perf['record_bytes']} B",
                 "",
                 f"{num(prod.get('records_per_s'))}/s",
-                "",
-                "",
-            ),
-            (
+                value=None,
+                ceiling_value=None,
+            )._replace(ceiling_value=prod.get("records_per_s")),
+            row(
                 "ceiling: ConsumerPerformance (fetch)",
                 "",
                 f"{num(cons.get('fetch_records_per_s'))}/s",
-                "",
-                "",
-            ),
+            )._replace(ceiling_value=cons.get("fetch_records_per_s")),
         ]
-    if relay:
+    if smtp:
         out.append(
-            (
-                f"ceiling: raw {hops}-hop relay, {relay['n']:,} messages",
+            row(
+                f"ceiling: smtp-source -> smtp-sink, {smtp['messages']:,} x "
+                f"{smtp['message_bytes']:,} B, {smtp['connections']} connections",
                 "",
-                f"{num(relay['seconds'], ' s')} ({num(relay['per_s'])}/s)",
-                "",
-                "",
-            )
+                f"{num(smtp['seconds'], ' s')} ({num(smtp['per_s'])}/s)",
+            )._replace(ceiling_value=smtp["per_s"])
         )
-    b = r.get("burst")
-    if b:
-        cap = b["cap_seconds"]
-        last_due = b["last_due_event"] if b["last_due_event"] is not None else math.inf
-        last_out = b["last_outcome"] if b["last_outcome"] is not None else math.inf
-        dl, ol = b["due_lateness"], b["delivery_lateness"]
-        held = b["timer_had_all_before_due"]
-        if held is None:
-            holding = f"not by +{cap:.0f} s"
-        elif held >= 0:
-            holding = f"{held:.1f} s before"
-        else:
-            holding = f"{-held:.1f} s after; {b['timer_backlog_at_due']:,} unread at due"
-        out += [
-            (
-                f"burst {b['n']:,}: timer held them all",
-                holding,
-                "",
-                "",
-                f"intake {num(b['timer_intake_per_s'])}/s",
-            ),
-            (
-                "burst: last due event after the due second",
-                num(last_due, " s", cap),
-                "",
-                "",
-                aim(le(last_due, AIMS["last_due"]), "<= 2 s"),
-            ),
-            (
-                "burst: last outcome after the due second",
-                num(last_out, " s", cap),
-                num(relay.get("seconds"), " s"),
-                ratio(last_out, relay.get("seconds")),
-                aim(
-                    le(last_out / relay["seconds"], AIMS["last_outcome_ratio"]) if relay else None,
-                    "<= 2x relay",
-                ),
-            ),
-            (
-                "burst: due events / outcomes per second",
-                f"{num(b['due_events_per_s'])} / {num(b['outcomes_per_s'])}",
-                num(relay.get("per_s")),
-                ratio(b["outcomes_per_s"], relay.get("per_s")),
-                "",
-            ),
-            (
-                "burst: due lateness p50 / p99 / max",
-                f"{num(dl['p50'], '', cap)} / {num(dl['p99'], '', cap)} / "
-                f"{num(dl['max'], ' s', cap)}",
-                "",
-                "",
-                "",
-            ),
-            (
-                "burst: delivery lateness p50 / p99 / max",
-                f"{num(ol['p50'], '', cap)} / {num(ol['p99'], '', cap)} / "
-                f"{num(ol['max'], ' s', cap)}",
-                "",
-                "",
-                "",
-            ),
-            (
-                "burst: delivered / failed / early",
-                f"{b['delivered']:,} / {sum(b['failed'].values()):,} / {b['early']:,}",
-                "",
-                "",
-                aim(b["early"] == 0, "early = 0"),
-            ),
-        ]
+    for key, label in (("raw_relay", "1 KiB"), ("raw_hop", "1 KiB"), ("raw_relay_large", "64 KiB")):
+        rel = r.get(key)
+        if rel:
+            out.append(
+                row(
+                    f"ceiling: raw {rel.get('hops', r['hops'])}-hop relay, {rel['n']:,} x {label}"
+                    + (f" ({rel['arrived']:,} arrived)" if rel["arrived"] < rel["n"] else ""),
+                    "",
+                    f"{num(rel['seconds'], ' s')} ({num(rel['per_s'])}/s)",
+                )._replace(ceiling_value=rel["per_s"])
+            )
+    for key in ("burst", "large"):
+        b = r.get(key)
+        if b:
+            ceil = relay if key == "burst" else (r.get("raw_relay_large") or {})
+            mail = smtp if key == "burst" else (r.get("smtp_ceiling_large") or {})
+            out += burst_rows(key, b, ceil, mail)
+    st = r.get("stages")
+    if st:
+        hop = r.get("raw_hop") or {}
+        for service, s in st.get("stages", {}).items():
+            ceil = smtp if service == "sender" else hop
+            name = "smtp-source" if service == "sender" else "one relay hop"
+            out.append(
+                row(
+                    f"stage alone: {service} drains {s['n']:,} per second ({name})",
+                    f"{num(s['per_s'])} ({num(s['seconds'], ' s', 0)})",
+                    num(ceil.get("per_s")),
+                    value=s["per_s"],
+                    ceiling_value=ceil.get("per_s"),
+                )
+            )
     s = r.get("steady")
     if s:
         cap = s["drain_seconds"]
         dl, ol = s["due_lateness"], s["delivery_lateness"]
         rl = rsteady.get("latency", {})
         out += [
-            (
+            row(
                 f"steady {s['rate_asked']:,}/s for {s['seconds']:.0f} s: delivered per second",
                 num(s["delivered_per_s"]),
                 num(rsteady.get("per_s")),
-                ratio(s["delivered_per_s"], rsteady.get("per_s")),
                 f"asked {s['rate_asked']:,}/s",
+                s["delivered_per_s"],
+                rsteady.get("per_s"),
             ),
-            (
+            row(
                 "steady: due lateness p50 / p99",
                 f"{num(dl['p50'], '', cap)} / {num(dl['p99'], ' s', cap)}",
                 f"{num(rl.get('p50'), '', cap)} / {num(rl.get('p99'), ' s', cap)}",
-                ratio(dl["p99"], rl.get("p99")),
                 aim(le(dl["p99"], AIMS["steady_p99"]), "p99 <= 0.25 s"),
+                dl["p99"],
+                rl.get("p99"),
             ),
-            (
+            row(
                 "steady: delivery lateness p50 / p99",
                 f"{num(ol['p50'], '', cap)} / {num(ol['p99'], ' s', cap)}",
                 f"{num(rl.get('p50'), '', cap)} / {num(rl.get('p99'), ' s', cap)}",
-                ratio(ol["p99"], rl.get("p99")),
                 "",
+                ol["p99"],
+                rl.get("p99"),
             ),
-            (
+            row(
                 "steady: delivered / written / early",
                 f"{s['delivered']:,} / {s['written']:,} / {s['early']:,}",
                 "",
-                "",
                 aim(s["early"] == 0, "early = 0"),
+                [s["delivered"], s["written"], s["early"]],
             ),
         ]
     sub = r.get("submission")
@@ -197,35 +204,35 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         h, m = sub["http"], sub["smtp"]
         raw = sub.get("raw") or {}
         raw_lat = raw.get("latency", {})
-        # the ceiling of a durable submission: concurrent acks=all round trips on this broker
-        prod = {
-            "records_per_s": raw.get("per_s"),
-            "latency_p50_ms": raw_lat["p50"] * 1000 if raw_lat else None,
-            "latency_p99_ms": raw_lat["p99"] * 1000 if raw_lat else None,
-        }
+        per_s = raw.get("per_s")
+        p50 = raw_lat["p50"] * 1000 if raw_lat else None
+        p99 = raw_lat["p99"] * 1000 if raw_lat else None
         out += [
-            (
+            row(
                 f"submission: POST /email per second ({h['clients']} clients)",
                 num(h["per_s"]),
-                num(prod.get("records_per_s")),
-                ratio(h["per_s"], prod.get("records_per_s")),
+                num(per_s),
                 "",
+                h["per_s"],
+                per_s,
             ),
-            (
+            row(
                 "submission: POST /email latency p50 / p99",
                 f"{num(h['latency']['p50'] * 1000)} / {num(h['latency']['p99'] * 1000, ' ms')}",
-                f"{num(prod.get('latency_p50_ms'))} / {num(prod.get('latency_p99_ms'), ' ms')}",
-                ratio(h["latency"]["p99"] * 1000, prod.get("latency_p99_ms")),
+                f"{num(p50)} / {num(p99, ' ms')}",
                 "",
+                h["latency"]["p99"] * 1000,
+                p99,
             ),
-            (
+            row(
                 f"submission: SMTP messages per second ({m['clients']} connections)"
                 if m
                 else "submission: SMTP messages per second",
                 num(m["per_s"]) if m else "n/a (not implemented)",
-                num(prod.get("records_per_s")),
-                ratio(m["per_s"], prod.get("records_per_s")) if m else "",
+                num(per_s),
                 "",
+                m["per_s"] if m else None,
+                per_s if m else None,
             ),
         ]
     t = r.get("timer_scale")
@@ -233,44 +240,166 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         pend, target = t["pending"], 1_000_000
         label = f"{pend:,} pending over 30 days"
         out += [
-            (
+            row(
                 "timer: schedules taken in per second",
                 num(t["intake_per_s"]),
                 num(relay.get("per_s")),
-                ratio(t["intake_per_s"], relay.get("per_s")),
                 "",
+                t["intake_per_s"],
+                relay.get("per_s"),
             ),
-            (
+            row(
                 f"timer: RSS bytes per pending ({label})",
                 num(t["rss_bytes_per_pending"]),
                 "",
-                "",
                 aim(le(t["rss_bytes_per_pending"], AIMS["rss_per_pending"]), "<= 300"),
+                t["rss_bytes_per_pending"],
             ),
-            (
+            row(
                 f"timer: RSS at {target:,} pending"
                 + (" (extrapolated)" if t["extrapolated"] else ""),
                 num(t[f"rss_bytes_at_{target}"] / 1e6, " MB"),
-                "",
-                "",
-                "",
+                value=t[f"rss_bytes_at_{target}"],
             ),
-            (
+            row(
                 "timer: RocksDB / changelog bytes per pending",
                 f"{num(t['disk_bytes_per_pending'])} / {num(t['changelog_bytes_per_pending'])}",
-                "",
-                "",
-                "",
+                value=[t["disk_bytes_per_pending"], t["changelog_bytes_per_pending"]],
             ),
-            (
+            row(
                 f"timer: kill -9 with {pend:,} pending: healthy / due event after restart",
                 f"{num(t['recovery_healthy_seconds'])} / {num(t['recovery_due_seconds'], ' s')}",
                 "",
-                "",
                 aim(le(t["recovery_due_seconds"], AIMS["recovery"]), "<= 10 s"),
+                [t["recovery_healthy_seconds"], t["recovery_due_seconds"]],
             ),
         ]
     return out
+
+
+def burst_rows(
+    key: str, b: dict[str, Any], relay: dict[str, Any], smtp: dict[str, Any]
+) -> list[Row]:
+    """The rows of a burst (``burst``, 1 KiB, or ``large``, 64 KiB)."""
+    cap = b["cap_seconds"]
+    name = key if key == "burst" else "large (64 KiB)"
+    last_due = b["last_due_event"] if b["last_due_event"] is not None else math.inf
+    last_out = b["last_outcome"] if b["last_outcome"] is not None else math.inf
+    dl, ol = b["due_lateness"], b["delivery_lateness"]
+    held = b["timer_had_all_before_due"]
+    if held is None:
+        holding = f"not by +{cap:.0f} s"
+    elif held >= 0:
+        holding = f"{held:.1f} s before"
+    else:
+        holding = f"{-held:.1f} s after; {b['timer_backlog_at_due']:,} unread at due"
+    relay_s = relay.get("seconds")
+    out = [
+        row(
+            f"{name} {b['n']:,}: timer held them all",
+            holding,
+            "",
+            f"intake {num(b['timer_intake_per_s'])}/s",
+            held,
+        ),
+        row(
+            f"{name}: last due event after the due second",
+            num(last_due, " s", cap),
+            "",
+            aim(le(last_due, AIMS["last_due"]), "<= 2 s") if key == "burst" else "",
+            last_due,
+        ),
+        row(
+            f"{name}: last outcome after the due second",
+            num(last_out, " s", cap),
+            num(relay_s, " s"),
+            aim(
+                le(last_out / relay_s, AIMS["last_outcome_ratio"]) if relay_s else None,
+                "<= 2x relay",
+            )
+            if key == "burst"
+            else "",
+            last_out,
+            relay_s,
+        ),
+        row(
+            f"{name}: due events / outcomes per second (relay)",
+            f"{num(b['due_events_per_s'])} / {num(b['outcomes_per_s'])}",
+            num(relay.get("per_s")),
+            "",
+            b["outcomes_per_s"],
+            relay.get("per_s"),
+        ),
+        row(
+            f"{name}: outcomes per second (smtp-source)",
+            num(b["outcomes_per_s"]),
+            num(smtp.get("per_s")),
+            "",
+            b["outcomes_per_s"],
+            smtp.get("per_s"),
+        ),
+        row(
+            f"{name}: due lateness p50 / p99 / max",
+            f"{num(dl['p50'], '', cap)} / {num(dl['p99'], '', cap)} / {num(dl['max'], ' s', cap)}",
+            value=[dl["p50"], dl["p99"], dl["max"]],
+        ),
+        row(
+            f"{name}: delivery lateness p50 / p99 / max",
+            f"{num(ol['p50'], '', cap)} / {num(ol['p99'], '', cap)} / {num(ol['max'], ' s', cap)}",
+            value=[ol["p50"], ol["p99"], ol["max"]],
+        ),
+        row(
+            f"{name}: delivered / failed / early (unique ids)",
+            f"{b['delivered']:,} / {sum(b['failed'].values()):,} / {b['early']:,}",
+            "",
+            aim(b["early"] == 0, "early = 0"),
+            [b["delivered"], sum(b["failed"].values()), b["early"]],
+        ),
+        row(
+            f"{name}: duplicates: due events / outcomes",
+            f"{b.get('due_duplicates', 0):,} / {b.get('outcome_duplicates', 0):,}",
+            value=[b.get("due_duplicates", 0), b.get("outcome_duplicates", 0)],
+        ),
+        row(
+            f"{name}: relayed by the sink ({b.get('sink', 'python')}) / delivered outcomes",
+            f"{b['relayed_by_sink']:,} / {b.get('delivered_events', b['delivered']):,}",
+            value=[b["relayed_by_sink"], b.get("delivered_events", b["delivered"])],
+        ),
+    ]
+    tb = b.get("topic_bytes")
+    if tb and b["delivered"]:
+        per = {t.rsplit(".", 1)[-1]: v / b["delivered"] for t, v in sorted(tb.items()) if v}
+        out.append(
+            row(
+                f"{name}: bytes written to Kafka per delivered message",
+                num(sum(per.values())),
+                num(float(b.get("record_bytes", 0)) or None),
+                "",
+                sum(per.values()),
+                b.get("record_bytes"),
+            )
+        )
+        out += [row(f"{name}:   of which {topic}", num(v), value=v) for topic, v in per.items()]
+    return out
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(figure, pipeline, ceiling, pipeline / ceiling, aim) for every reported figure."""
+    return [(x.figure, x.pipeline, x.ceiling, x.ratio, x.aim) for x in build_rows(r)]
+
+
+def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every row of the table as numbers (the JSON's ``figures``)."""
+    return [
+        {
+            "figure": x.figure.strip(),
+            "value": x.value,
+            "ceiling": x.ceiling_value,
+            "ratio": x.ratio_value,
+            "aim": x.aim,
+        }
+        for x in build_rows(r)
+    ]
 
 
 def table(r: dict[str, Any]) -> str:
@@ -291,6 +420,8 @@ def table(r: dict[str, Any]) -> str:
 
 
 def write_json(r: dict[str, Any], path: Path) -> None:
+    r = {**r, "figures": figures(r)}
+
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             return None if math.isnan(value) else "inf"

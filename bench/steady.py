@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from bench.burst import first_by_id
 from bench.harness import Pipeline, TopicWatch
 from bench.load import paced, rate, scheduled, spread
 from schemas.codec import encode
@@ -39,11 +40,11 @@ async def steady(
     finally:
         await due_watch.stop()
         await out_watch.stop()
-    delivered = [s for s in out_watch.seen if s.type == "delivered"]
+    # counted by unique message id; repeats are duplicates, counted apart
+    dues, due_dups = first_by_id(due_watch.seen)
+    delivered, out_dups = first_by_id([s for s in out_watch.seen if s.type == "delivered"])
     early = sum(
-        1
-        for s in [*due_watch.seen, *delivered]
-        if (s.at or math.inf) < s.due_at or s.received < s.due_at
+        1 for s in [*dues, *delivered] if (s.at or math.inf) < s.due_at or s.received < s.due_at
     )
     return {
         "rate_asked": per_s,
@@ -52,12 +53,13 @@ async def steady(
         "complete": complete,
         "written": n,
         "written_per_s": n / wrote_for,
-        "due_events": len(due_watch.seen),
+        "due_events": len(dues),
+        "due_duplicates": due_dups,
         "delivered": len(delivered),
+        "delivered_duplicates": out_dups,
         "delivered_per_s": rate(sorted(s.received for s in delivered)),
         "due_lateness": spread(
-            [(s.at or math.inf) - s.due_at for s in due_watch.seen]
-            + [math.inf] * (n - len(due_watch.seen))
+            [(s.at or math.inf) - s.due_at for s in dues] + [math.inf] * (n - len(dues))
         ),
         "delivery_lateness": spread(
             [(s.at or math.inf) - s.due_at for s in delivered] + [math.inf] * (n - len(delivered))

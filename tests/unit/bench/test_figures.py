@@ -1,0 +1,96 @@
+"""The bench's counting and its results: unique message ids, duplicates apart, topic growth,
+and every table row's figure, ceiling and ratio in the JSON (pure logic, no timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bench import report
+from bench.burst import figures, first_by_id, topic_growth
+from bench.harness import Seen, log_bytes
+
+DUE = 1_800_000_000
+
+
+def seen(mid: str, kind: str, after: float, at: float | None = None) -> Seen:
+    return Seen(DUE + after, mid, kind, DUE, DUE + (after if at is None else at), None)
+
+
+def test_first_by_id_keeps_the_first_of_each_id() -> None:
+    events = [seen("a", "due", 0.1), seen("b", "due", 0.2), seen("a", "due", 0.3)]
+    first, dups = first_by_id(events)
+    assert [(s.message_id, round(s.received - DUE, 3)) for s in first] == [("a", 0.1), ("b", 0.2)]
+    assert dups == 1
+
+
+def test_burst_figures_count_unique_ids_and_duplicates_apart() -> None:
+    dues = [seen("a", "due", 0.1), seen("b", "due", 0.2), seen("a", "due", 0.5)]
+    outs = [
+        seen("a", "delivered", 1.0),
+        seen("a", "delivered", 2.0),
+        seen("b", "delivered", 1.5),
+        seen("b", "deferred", 1.2),
+    ]
+    f = figures(DUE, 2, dues, outs)
+    assert f["due_events"] == 2 and f["due_duplicates"] == 1
+    assert f["delivered"] == 2 and f["outcome_duplicates"] == 1 and f["delivered_events"] == 3
+    assert math.isclose(f["last_due_event"], 0.2, abs_tol=1e-6)
+    assert math.isclose(f["last_outcome"], 1.5, abs_tol=1e-6)
+    assert f["early"] == 0
+
+
+def test_burst_figures_missing_messages_are_unbounded() -> None:
+    f = figures(DUE, 3, [seen("a", "due", 0.1)], [seen("a", "delivered", 1.0)])
+    assert f["last_due_event"] is None and f["last_outcome"] is None
+    assert math.isinf(f["delivery_lateness"]["max"])
+
+
+def test_topic_growth() -> None:
+    assert topic_growth({"x.due": 10}, {"x.due": 25, "x.dispatch": 7}) == {
+        "x.dispatch": 7,
+        "x.due": 15,
+    }
+    assert topic_growth(None, {"x": 1}) is None
+
+
+def test_log_bytes_counts_log_segments_by_topic(tmp_path: Path) -> None:
+    for name, size in (("b1.due-0", 100), ("b1.due-1", 50), ("b1.dispatch-0", 7), ("z.due-0", 9)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "00000000000000000000.log").write_bytes(b"x" * size)
+        (d / "00000000000000000000.index").write_bytes(b"\0" * 1000)  # preallocated index
+    assert log_bytes(tmp_path, "b1.") == {"b1.due": 150, "b1.dispatch": 7}
+    assert log_bytes(None, "b1.") is None
+    assert log_bytes(tmp_path / "absent", "b1.") is None
+
+
+def test_every_row_goes_into_the_json_with_its_ceiling_and_ratio(tmp_path: Path) -> None:
+    r = {
+        "hops": 3,
+        "smtp_ceiling": {
+            "messages": 1000,
+            "message_bytes": 538,
+            "connections": 32,
+            "seconds": 0.1,
+            "per_s": 10_000.0,
+        },
+        "raw_hop": {"hops": 1, "n": 1000, "arrived": 1000, "seconds": 0.2, "per_s": 5_000.0},
+        "stages": {
+            "stages": {
+                "timer": {"n": 1000, "per_s": 2_500.0, "seconds": 0.4},
+                "sender": {"n": 1000, "per_s": 1_000.0, "seconds": 1.0},
+            }
+        },
+    }
+    path = tmp_path / "r.json"
+    report.write_json(r, path)
+    figs = {f["figure"]: f for f in json.loads(path.read_text())["figures"]}
+    timer = figs["stage alone: timer drains 1,000 per second (one relay hop)"]
+    assert (timer["value"], timer["ceiling"], timer["ratio"]) == (2_500.0, 5_000.0, 0.5)
+    sender = figs["stage alone: sender drains 1,000 per second (smtp-source)"]
+    assert sender["ratio"] == 0.1
+    assert any(f.startswith("ceiling: smtp-source") for f in figs)
+    # the printed table carries the same ratios
+    assert "0.50x" in report.table(r) and "0.10x" in report.table(r)

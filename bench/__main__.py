@@ -225,7 +225,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     )
             else:
                 r["cpu"][f"{name}: intake"] = cpu.figures(
-                    b["cpu_ms"]["intake"], n + b["probe_n"], raw[kind], kind, None, cpu.NO_INGEST
+                    b["cpu_ms"]["intake"], n + b["probe_n"], raw[kind], kind, None, cpu.INTAKE
                 )
                 r["cpu"][f"{name}: firing"] = cpu.figures(
                     b["cpu_ms"]["firing"],
@@ -249,8 +249,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(exist_ok=True)
     png = RESULTS / f"{stamp}-burst.png"
-    drew = report.chart(r, png)
     report.write_json(r, RESULTS / f"{stamp}.json")
+    try:
+        drew = report.chart(r, png)
+    except ImportError as e:  # matplotlib is a bench extra: the figures are written anyway
+        say(f"no chart ({e}); pip install -e '.[bench]'")
+        drew = False
     print()
     print(report.table(r))
     print()

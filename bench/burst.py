@@ -84,7 +84,7 @@ async def burst(
     stages: dict[str, Any] = {}
     paused: list[str] = []
     try:
-        probe_n = max(500, min(5_000, n // 20))
+        probe_n = min(n, max(500, min(5_000, n // 20)))
         intake, per_build = await timer_intake(p, account, probe_n, time.monotonic() + 120, size)
         # the due second: when the timer should hold every message (at the rate the probe
         # measured, with a margin), but no more than ``lead`` seconds after the writing
@@ -182,7 +182,7 @@ async def stage(
 ) -> dict[str, Any]:
     """One stage draining its input alone: seconds from ``started`` (wall clock) until its
     output holds ``n`` unique ids (``kind`` events, or settled outcomes when None), its rate
-    between its first and its last output, and the CPU of every process meanwhile."""
+    (``n`` ÷ those seconds, as the relay hop's), and the CPU of every process meanwhile."""
     window = window or cpu.Window(pids).start()
 
     def count() -> int:
@@ -197,14 +197,17 @@ async def stage(
         and s.received >= started - 1
     ]
     seen.sort()
+    seconds = seen[-1] if seen and complete else None
     return {
         "service": service,
         "n": n,
         "complete": complete,
         "out": count(),
-        "seconds": seen[-1] if seen and complete else None,
+        "seconds": seconds,
         "first_output": seen[0] if seen else None,
-        "per_s": rate(seen),
+        # from its clock's start to its last output, as the relay hop's is measured
+        "per_s": n / seconds if seconds else None,
+        "first_to_last_per_s": rate(seen),
         "cpu_ms": used,
     }
 

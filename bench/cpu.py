@@ -28,6 +28,9 @@ COUNTERPART = {
 }
 #: the counterparts where ingest only folds the topics (its projection), taking no submissions
 NO_INGEST = {k: v for k, v in COUNTERPART.items() if k != "ingest"}
+#: while the timer takes schedules in, only its figure has a counterpart (the bench writing the
+#: schedules, and the broker taking them, come before the raw relay's clock starts)
+INTAKE = {"timer": "relay hop"}
 #: the order processes are listed in
 ORDER = ("ingest", "timer", "validator", "sender", "sink", "broker", "bench")
 

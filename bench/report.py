@@ -463,7 +463,7 @@ def chart(r: dict[str, Any], path: Path) -> bool:
         (
             relay.get("arrivals", []),
             relay["arrived"] * n // max(1, relay["n"]),
-            f"raw {r['hops']}-hop relay (from its first write)",
+            f"raw {r['hops']}-hop relay (its clock started as at the due second)",
         ),
     ):
         if xs:

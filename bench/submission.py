@@ -135,7 +135,7 @@ async def raw(p: Pipeline, seconds: float, clients: int = 64) -> dict[str, Any]:
     from bench.load import build
     from kairos.kafka.clients import make_admin, make_producer
 
-    topic = p.topic("raw-submit")  # its own topic: the timer must not take these in
+    topic = f"{p.prefix}raw-submit"  # its own topic: the timer must not take these in
     admin = make_admin(p.bootstrap)
     await admin.start()
     try:

@@ -53,7 +53,13 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     token = admin_token(settings)
     assert token is not None
     admin = admin_router(view, ReferenceWriter(producer, settings, view), token, clock)
-    idempotency = IdempotencyLog(producer, bootstrap, settings.topic(IDEMPOTENCY), clock)
+    idempotency = IdempotencyLog(
+        producer,
+        bootstrap,
+        settings.topic(IDEMPOTENCY),
+        clock,
+        in_flight_timeout=settings.idempotency_in_flight_timeout,
+    )
     projection = LifecycleProjection(
         settings,
         bootstrap,
@@ -69,7 +75,16 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     scanning = scanning_from(settings)
     routers = [
         manage_router(view, projection, publisher, clock),
-        sendgrid_router(view, writer, broadcast, publisher, clock, view, scanning),
+        sendgrid_router(
+            view,
+            writer,
+            broadcast,
+            publisher,
+            clock,
+            view,
+            scanning,
+            open_batch_limit=settings.open_batch_limit,
+        ),
     ]
     app = create_app(publisher, clock, view, admin, idempotency, routers, scanning)
     config = uvicorn.Config(

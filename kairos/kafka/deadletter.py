@@ -66,30 +66,15 @@ def dead_letter_record(
 
 
 async def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetter]:
-    """Every dead letter on ``topic`` now (read from the start up to the end offsets)."""
-    from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
+    """Every dead letter on ``topic`` now."""
+    from kairos.kafka.follow import read_to_end
     from schemas.codec import decode_as
 
-    consumer = make_consumer(bootstrap, None)
-    await start_groupless(consumer)
-    letters: list[DeadLetter] = []
     try:
-        tps = await partitions_of_topics(consumer, [topic])
-        if not tps:
-            return letters
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                letters.extend(decode_as(r.value, DeadLetter) for r in records)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return letters
+        records = await read_to_end(bootstrap, topic)
+    except LookupError:
+        return []
+    return [decode_as(r.value, DeadLetter) for r in records]
 
 
 async def replay(bootstrap: str, letters: list[DeadLetter]) -> int:

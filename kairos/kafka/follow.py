@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -127,3 +128,37 @@ class LogFollower:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, within: float = 60.0, **consumer_options: Any
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` from its beginning up to its end offsets at the time of the
+    call (committed records only, unless ``isolation_level`` says otherwise): all that was
+    acknowledged before the call, with nothing to wait out. In order within each partition.
+    Raises ``LookupError`` for a topic that does not exist, ``TimeoutError`` when ``within``
+    seconds pass first."""
+    consumer = make_consumer(bootstrap, None, **consumer_options)
+    await start_groupless(consumer)
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        tps = await partitions_of_topics(consumer, [topic])
+        if not tps:
+            raise LookupError(f"no topic {topic}")
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        deadline = time.monotonic() + within
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: not read to {ends} within {within}s")
+            batch = await consumer.getmany(*remaining, timeout_ms=200)
+            for tp, records in batch.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out

@@ -36,10 +36,9 @@ from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 
 from kairos.clock import Clock
-from kairos.kafka.clients import make_consumer
+from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
 from kairos.logging import get_logger
 from kairos.settings import KairosSettings
 from services.ingest.compose import SubmitError
@@ -170,13 +169,8 @@ class IdempotencyLog:
 
     async def start(self) -> None:
         consumer = make_consumer(self.bootstrap, None)
-        await consumer.start()
-        await asyncio.sleep(0)  # let aiokafka's coordinator task start (see the sender)
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(self.topic, p)
-            for p in sorted(cluster.partitions_for_topic(self.topic) or ())
-        ]
+        await start_groupless(consumer)
+        tps = await partitions_of_topics(consumer, [self.topic])
         consumer.assign(tps)
         since = int((self.clock.now() - TTL_SECONDS) * 1000)
         starts = await consumer.offsets_for_times({tp: since for tp in tps})

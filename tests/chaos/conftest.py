@@ -8,20 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from kairos.kafka.local import LocalKafka
-from kairos.ports import free_port
-from kairos.settings import KairosSettings
 from tests.chaos.harness import thaw
+from tests.integration.conftest import own_broker
 
 
 @pytest.fixture(scope="module")
 def chaos_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    settings = KairosSettings(
-        state_dir=tmp_path_factory.mktemp("chaos-broker"),
-        local_kafka_port=free_port(),
-        local_kafka_controller_port=free_port(),
-        local_kafka_heap="512m",
-    )
-    broker = LocalKafka.from_settings(settings)
+    broker = own_broker(tmp_path_factory.mktemp("chaos-broker"), heap="512m")
     broker.start()
     try:
         yield broker

@@ -10,19 +10,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.structs import TopicPartition
 
-from kairos.kafka.clients import make_admin, make_consumer
+from kairos.kafka import follow
+from kairos.kafka.clients import (
+    make_admin,
+    make_consumer,
+    make_producer,
+    partitions_of_topics,
+    start_groupless,
+)
+from kairos.kafka.local import LocalKafka
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
+from schemas.codec import encode
+from schemas.events import MessageEvent
 
 pytestmark = pytest.mark.kafka
 
@@ -152,6 +163,37 @@ class Stack:
             self.stop(service)
 
 
+def own_broker(state_dir: Path, heap: str = "384m") -> LocalKafka:
+    """A broker of a test's own (not yet started), on free ports below the ephemeral range:
+    for tests that stop, freeze or kill it, which the shared broker must never be."""
+    settings = KairosSettings(
+        state_dir=state_dir,
+        local_kafka_port=free_port(),
+        local_kafka_controller_port=free_port(),
+        local_kafka_heap=heap,
+    )
+    return LocalKafka.from_settings(settings)
+
+
+async def publish(stack: Stack, topic: str, events: Sequence[MessageEvent]) -> None:
+    """Write ``events`` (keyed by message id) onto the stack's ``topic`` and wait for the
+    broker's acknowledgement of each."""
+    producer = make_producer(stack.settings.kafka_bootstrap or "", linger_ms=10)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                stack.settings.topic(topic),
+                encode(e),
+                key=e.message_id.encode(),
+            )
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
 def make_stack(bootstrap: str, base: Path) -> Stack:
     """A fresh, isolated configuration (own topics, groups, ports, state) under ``base``."""
     import uuid
@@ -233,38 +275,14 @@ async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, timeout: float = 60.0
+    bootstrap: str, topic: str, timeout: float = 60.0, **consumer_options: Any
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` from its beginning up to its end offsets at the time of the
-    call: all that was acknowledged before the call, and nothing needs waiting out. Records are
-    in partition order within each partition. Raises when ``timeout`` passes first."""
-    consumer = make_consumer(bootstrap, None)
-    await consumer.start()
-    out: list[ConsumerRecord[bytes, bytes]] = []
+    """:func:`kairos.kafka.follow.read_to_end`, failing the test for a missing topic or a
+    timeout."""
     try:
-        # a group-less consumer has no metadata for a topic it is not subscribed to yet
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic)
-        if parts is None:
-            raise AssertionError(f"no topic {topic}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-        deadline = time.monotonic() + timeout
-        while remaining:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{topic}: not read to {ends} within {timeout}s")
-            batch = await consumer.getmany(*remaining, timeout_ms=200)
-            for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
+        return await follow.read_to_end(bootstrap, topic, timeout, **consumer_options)
+    except (LookupError, TimeoutError) as exc:
+        raise AssertionError(str(exc)) from exc
 
 
 async def read_values_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[bytes]:
@@ -275,15 +293,12 @@ async def read_values_to_end(bootstrap: str, topic: str, timeout: float = 60.0) 
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     """The end offset of each partition of ``topic`` now."""
     consumer = make_consumer(bootstrap, None)
-    await consumer.start()
+    await start_groupless(consumer)
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(topic)
-        if parts is None:
+        tps = await partitions_of_topics(consumer, [topic])
+        if not tps:
             raise AssertionError(f"no topic {topic}")
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(
-            [TopicPartition(topic, p) for p in sorted(parts)]
-        )
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         return ends
     finally:
         await consumer.stop()

@@ -13,10 +13,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from kairos.clock import SystemClock
-from kairos.kafka.clients import make_consumer, make_producer
+from kairos.kafka.clients import make_producer
 from kairos.kafka.producer import DurableProducer, TransactionalProducer
 from services.ingest.publish import KafkaPublisher, PublishError
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, read_to_end
 from tests.unit.timer.test_state import sched
 
 pytestmark = pytest.mark.kafka
@@ -42,24 +42,10 @@ class FailingSecondWrite:
 
 
 async def read_all(stack: Stack, topic: str, isolation: str) -> list[dict[str, Any]]:
-    consumer = make_consumer(
-        stack.settings.kafka_bootstrap or "", None, topic, isolation_level=isolation
+    records = await read_to_end(
+        stack.settings.kafka_bootstrap or "", topic, isolation_level=isolation
     )
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        ends = None
-        while True:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                out.extend(json.loads(r.value) for r in records)
-            if ends is None:
-                ends = await consumer.end_offsets(list(consumer.assignment()))
-            positions = {tp: await consumer.position(tp) for tp in ends}
-            if not batch and all(positions[tp] >= end for tp, end in ends.items()):
-                return out
-    finally:
-        await consumer.stop()
+    return [json.loads(r.value) for r in records]
 
 
 async def scenario(stack: Stack) -> None:

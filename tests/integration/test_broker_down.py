@@ -22,8 +22,7 @@ import httpx
 import pytest
 
 from kairos.kafka.local import LocalKafka
-from kairos.settings import KairosSettings
-from tests.integration.conftest import Stack, free_port, make_stack, read_topic
+from tests.integration.conftest import Stack, make_stack, own_broker, read_values_to_end
 from tests.integration.test_pipeline import body
 
 pytestmark = pytest.mark.kafka
@@ -35,14 +34,8 @@ OUTAGE = 36.0
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[LocalKafka]:
-    settings = KairosSettings(
-        state_dir=tmp_path / "broker",
-        local_kafka_port=free_port(),
-        local_kafka_controller_port=free_port(),
-        local_kafka_heap="384m",
-    )
-    broker = LocalKafka.from_settings(settings)
+def broker(tmp_path: Path) -> Iterator[LocalKafka]:
+    broker = own_broker(tmp_path / "broker")
     broker.start()
     try:
         yield broker
@@ -81,10 +74,8 @@ def delivered_subjects(outbox: Path) -> Counter[str]:
     return found
 
 
-def test_an_outage_loses_nothing_and_a_refusal_is_a_no(
-    own_broker: LocalKafka, tmp_path: Path
-) -> None:
-    stack = make_stack(own_broker.bootstrap, tmp_path / "stack")
+def test_an_outage_loses_nothing_and_a_refusal_is_a_no(broker: LocalKafka, tmp_path: Path) -> None:
+    stack = make_stack(broker.bootstrap, tmp_path / "stack")
     try:
         stack.start(*SERVICES)
         _account, key = stack.create_account("down")
@@ -104,7 +95,7 @@ def test_an_outage_loses_nothing_and_a_refusal_is_a_no(
                 assert r.status_code in (201, 202), r.text
                 accepted[subject] = r.json()["id"]
 
-        own_broker.stop()
+        broker.stop()
         down_at = time.monotonic()
         # during: refused, never a yes; immediate sends too (those were delivered once)
         with ThreadPoolExecutor(8) as pool:
@@ -124,7 +115,7 @@ def test_an_outage_loses_nothing_and_a_refusal_is_a_no(
         # a submission now finds an expired batch behind it: the producer must be rebuilt
         r = submit("refused-late", None)
         assert r.status_code == 503, r.text
-        own_broker.start()
+        broker.start()
 
         # after: every service recovers by itself
         deadline = time.monotonic() + 120
@@ -148,9 +139,7 @@ def test_an_outage_loses_nothing_and_a_refusal_is_a_no(
             time.sleep(0.5)
         # what was written late is withdrawn by the timer: an outcome says so
         topic = stack.settings.topic("schedule")
-        values = [
-            json.loads(v) for v in asyncio.run(read_topic(own_broker.bootstrap, topic, 10**6, 5))
-        ]
+        values = [json.loads(v) for v in asyncio.run(read_values_to_end(broker.bootstrap, topic))]
         late = {
             v["message_id"]
             for v in values
@@ -159,7 +148,7 @@ def test_an_outage_loses_nothing_and_a_refusal_is_a_no(
         outcomes = [
             json.loads(v)
             for v in asyncio.run(
-                read_topic(own_broker.bootstrap, stack.settings.topic("outcomes"), 10**6, 5)
+                read_values_to_end(broker.bootstrap, stack.settings.topic("outcomes"))
             )
         ]
         withdrawn = {

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from kairos.kafka.clients import make_producer
-from tests.integration.conftest import Stack, read_topic
+from tests.integration.conftest import Stack, read_values_to_end
 
 pytestmark = pytest.mark.kafka
 
@@ -34,7 +34,9 @@ def letters(stack: Stack, want: int, timeout: float = 60) -> list[dict[str, obje
     deadline = time.monotonic() + timeout
     found: list[dict[str, object]] = []
     while time.monotonic() < deadline and len(found) < want:
-        found = [json.loads(v) for v in asyncio.run(read_topic(bootstrap, topic, want, 2))]
+        found = [json.loads(v) for v in asyncio.run(read_values_to_end(bootstrap, topic))]
+        if len(found) < want:
+            time.sleep(0.2)
     return found
 
 

@@ -17,10 +17,9 @@ import orjson
 import pytest
 from aiosmtpd.controller import Controller
 
-from kairos.kafka.clients import make_producer
-from schemas.codec import decode, encode
+from schemas.codec import decode
 from schemas.events import MessageContent, Scheduled
-from tests.integration.conftest import Stack, Watcher, read_to_end, wait_committed
+from tests.integration.conftest import Stack, Watcher, publish, read_to_end, wait_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -106,18 +105,7 @@ def message(mid: str, rcpt: str, due: int, account: str) -> Scheduled:
 
 
 async def schedule(stack: Stack, *events: Scheduled) -> None:
-    producer = make_producer(stack.settings.kafka_bootstrap or "", linger_ms=10)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                stack.settings.topic("schedule"), encode(e), key=e.message_id.encode()
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await publish(stack, "schedule", events)
 
 
 def by_message(records: list[tuple[float, bytes]]) -> dict[str, list[Any]]:

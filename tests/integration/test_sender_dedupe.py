@@ -9,10 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kairos.kafka.clients import make_producer
-from schemas.codec import encode
 from schemas.events import Dispatch, MessageContent
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, publish
 
 pytestmark = pytest.mark.kafka
 
@@ -43,21 +41,6 @@ def dispatch(message_id: str, attempt: int = 1) -> Dispatch:
     )
 
 
-async def write(stack: Stack, events: list[Dispatch]) -> None:
-    producer = make_producer(stack.settings.kafka_bootstrap or "", linger_ms=50)
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                stack.settings.topic("dispatch"), encode(e), key=e.message_id.encode()
-            )
-            for e in events
-        ]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def deliveries(stack: Stack, message_id: str) -> int:
     if not stack.outbox.exists():
         return 0
@@ -79,12 +62,12 @@ def test_copies_of_a_dispatch_are_relayed_once(stack: Stack) -> None:
     # written before the sender starts: its first fetch holds every copy
     ids = [f"dup{i}" for i in range(5)]
     copies = [dispatch(i) for i in ids for _ in range(4)]
-    asyncio.run(write(stack, copies))
+    asyncio.run(publish(stack, "dispatch", copies))
     stack.start("sender")
     wait_delivered(stack, ids)
     # a repeat after a restart (the timer re-emitting after a crash) is not relayed either
     stack.stop("sender")
-    asyncio.run(write(stack, [dispatch(ids[0]), dispatch("fresh")]))
+    asyncio.run(publish(stack, "dispatch", [dispatch(ids[0]), dispatch("fresh")]))
     stack.start("sender")
     wait_delivered(stack, ["fresh"])
     counts = {i: deliveries(stack, i) for i in ids}

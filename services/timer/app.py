@@ -54,7 +54,7 @@ from schemas.registry import (
     topic_spec,
 )
 from services.timer.buffered import Buffered
-from services.timer.state import Fire, TimerState
+from services.timer.state import Entry, Fire, TimerState
 
 log = get_logger("kairos.timer")
 
@@ -265,7 +265,7 @@ class Timer:
                 self._out.append((letter.topic, letter.key or b"", letter.value, None))
                 continue
             if isinstance(ev, Scheduled) and withdrawn(ev, appended_at(event.message)):
-                self._withdrawn(ev, state.partition)
+                self._withdrawn(ev, event.value, state.partition)
                 continue
             await self.handle(state, ev, event.value)
         await self._drain()
@@ -274,18 +274,11 @@ class Timer:
             pending.flush()
             index.flush()
 
-    def _withdrawn(self, ev: Scheduled, partition: int) -> None:
+    def _withdrawn(self, ev: Scheduled, raw: bytes, partition: int) -> None:
         """A submission appended after its ``accept_by``: its submitter was told no."""
-        now = self.clock.now()
-        event = Cancelled(
-            occurred_at=to_datetime(now),
-            account_id=ev.account_id,
-            message_id=ev.message_id,
-            batch_id=ev.batch_id,
-            attempt=ev.attempt,
-            due_at=ev.due_at,
-            recipients=ev.content.rcpt_to,
-            scope="withdrawn",
+        entry = Entry(raw, ev.due_at, ev.attempt, batch_id=ev.batch_id)
+        event = fire_event(
+            Fire(ev.message_id, entry, "cancelled", 0.0, "withdrawn"), self.clock.now()
         )
         part = partition if self.copartitioned else None
         self._out.append((self.outcomes_name, ev.message_id.encode(), encode(event), part))

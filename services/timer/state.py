@@ -97,7 +97,7 @@ class Fire:
     entry: Entry
     kind: Literal["due", "expired", "cancelled"]
     lateness: float  # seconds after the due second (for "due")
-    scope: Literal["message", "batch"] = "message"
+    scope: Literal["message", "batch", "withdrawn"] = "message"
 
 
 @dataclass

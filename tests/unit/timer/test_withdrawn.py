@@ -30,3 +30,19 @@ def test_without_accept_by_nothing_is_withdrawn() -> None:
     ev, _ = sched("m1", 1_800_000_000)  # a retry from the sender carries none
     assert ev.accept_by is None
     assert not withdrawn(ev, 1_900_000_000.0)
+
+
+def test_a_withdrawal_is_a_cancelled_outcome_with_its_scope() -> None:
+    from schemas.events import Cancelled
+    from services.timer.app import fire_event
+    from services.timer.state import Entry, Fire
+
+    ev, raw = sched("m1", 1_800_000_000)
+    fire = Fire("m1", Entry(raw, ev.due_at, ev.attempt), "cancelled", 0.0, "withdrawn")
+    event = fire_event(fire, 1_700_000_020.0)
+    assert isinstance(event, Cancelled) and event.scope == "withdrawn"
+    assert (event.message_id, event.due_at, event.recipients) == (
+        "m1",
+        ev.due_at,
+        ev.content.rcpt_to,
+    )

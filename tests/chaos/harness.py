@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from kairos.kafka.clients import make_consumer
 from kairos.kafka.local import LocalKafka
 from tests.integration.conftest import Stack, make_stack
 
@@ -349,13 +350,11 @@ class TopicReader:
         self.positions: dict[TopicPartition, int] = dict.fromkeys(self.tps, 0)
 
     async def read_new(self, timeout: float = 30.0) -> list[dict[str, Any]]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        # what the pipeline sees: committed records (an aborted submission never existed)
+        consumer = make_consumer(
+            self.bootstrap,
+            None,
             fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
             request_timeout_ms=15_000,
         )
         out: list[dict[str, Any]] = []

@@ -15,7 +15,6 @@ import click
 from kairos.deploy import deploy
 from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
-from kairos.refdata.cli import admin
 from kairos.settings import KairosSettings
 from schemas.registry import DEAD_LETTER
 
@@ -169,7 +168,7 @@ def _seed_demo(settings: KairosSettings, procs: dict[str, subprocess.Popen[bytes
 
     import httpx
 
-    from kairos.refdata.token import admin_token
+    from kairos.token import admin_token
 
     http = f"http://{settings.http_host}:{settings.http_port}"
     deadline = time.time() + 120
@@ -281,7 +280,18 @@ def up() -> None:
 
 main.add_command(kafka)
 main.add_command(deploy)
-main.add_command(admin)
+
+
+def _plugins() -> None:
+    """Command groups that packages register under the ``kairos.commands`` entry point (the
+    reference data's ``admin``): the core knows no service, the packages name themselves."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group="kairos.commands"):
+        main.add_command(point.load(), point.name)
+
+
+_plugins()
 
 if __name__ == "__main__":
     main()

@@ -1,75 +1,72 @@
-"""Submit-time checks (pure), answered synchronously: account, domain, plan, suppressions.
-
-They read the reference data as of the request; the validator runs the same kinds of checks
-again at send time, against the state then."""
+"""Submit-time checks, answered synchronously: the rules of :mod:`services.reference.rules`
+(the validator re-checks the same rules at send time) as ingest's refusals, each with its
+stable code and HTTP status."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from schemas.events import MessageContent
-from schemas.reference import AccountState, DomainState, SuppressionState
+from schemas.reference import AccountState
 from services.ingest.compose import SubmitError
+from services.reference.rules import (
+    HARD_CAP_BYTES,
+    Reference,
+    Violation,
+    account_violation,
+    domain_violation,
+    plan_violation,
+    schedule_violation,
+    suppressed,
+    suppression_violation,
+)
 
-#: Largest raw message accepted whatever the plan (fits the topics' 16 MiB record limit).
-HARD_CAP_BYTES = 12 * 1024 * 1024
+__all__ = ["HARD_CAP_BYTES", "check_account", "check_domain", "check_message", "horizon_of"]
+
+#: The HTTP status a broken rule is answered with (400 for any other).
+STATUS = {
+    "UNAUTHORIZED": 401,
+    "ACCOUNT_DISABLED": 403,
+    "DOMAIN_NOT_OWNED": 403,
+    "DOMAIN_NOT_VERIFIED": 403,
+    "SCHEDULING_NOT_ALLOWED": 403,
+    "MESSAGE_TOO_LARGE": 413,
+}
 
 
-class Reference(Protocol):
-    def domain(self, account_id: str, domain: str) -> DomainState | None: ...
-
-    def suppression(self, account_id: str, address: str) -> SuppressionState | None: ...
+def refuse(violation: Violation | None) -> None:
+    """Raise the SubmitError of a broken rule (nothing when ``violation`` is None)."""
+    if violation is not None:
+        raise SubmitError(
+            violation.code, violation.text, violation.field, STATUS.get(violation.code, 400)
+        )
 
 
 def check_account(account: AccountState | None) -> AccountState:
-    """The authenticated account, if it may submit."""
+    """The authenticated account, if it may submit (None: no valid API key)."""
     if account is None:
         raise SubmitError("UNAUTHORIZED", "a valid API key is required", None, 401)
-    if account.status != "active":
-        raise SubmitError("ACCOUNT_DISABLED", "the account is disabled", None, 403)
+    refuse(account_violation(account))
     return account
 
 
-def horizon_of(account: AccountState, scheduled: bool, limit: int) -> int:
-    """How far ahead this account may schedule (``limit`` capped by its plan)."""
-    if scheduled and not account.plan.scheduling_allowed:
-        raise SubmitError(
-            "SCHEDULING_NOT_ALLOWED",
-            f"the {account.plan.name} plan does not allow scheduled sends",
-            "scheduledAt",
-            403,
-        )
+def horizon_of(
+    account: AccountState, scheduled: bool, limit: int, field: str = "scheduledAt"
+) -> int:
+    """How far ahead this account may schedule: ``limit`` (the front door's) capped by its plan;
+    SCHEDULING_NOT_ALLOWED for a scheduled submission on a plan without scheduling."""
+    if scheduled:
+        refuse(schedule_violation(account.plan, 1, field))
     return min(limit, account.plan.max_horizon_seconds)
 
 
+def check_domain(ref: Reference, account: AccountState, domain: str, field: str = "from") -> None:
+    """``domain`` is a verified domain of ``account``."""
+    refuse(domain_violation(ref, account.account_id, domain, field))
+
+
 def check_message(account: AccountState, content: MessageContent, ref: Reference) -> None:
-    """Domain ownership and verification, recipient count, suppressions, size."""
-    plan = account.plan
-    if content.size > HARD_CAP_BYTES or content.size > plan.max_message_bytes:
-        cap = min(HARD_CAP_BYTES, plan.max_message_bytes)
-        raise SubmitError("MESSAGE_TOO_LARGE", f"{content.size} bytes; at most {cap}", None, 413)
-    domain = ref.domain(account.account_id, content.from_domain)
-    if domain is None:
-        raise SubmitError(
-            "DOMAIN_NOT_OWNED",
-            f"{content.from_domain} is not a domain of this account",
-            "from",
-            403,
-        )
-    if not domain.verified:
-        raise SubmitError(
-            "DOMAIN_NOT_VERIFIED", f"{content.from_domain} is not verified", "from", 403
-        )
-    if len(content.rcpt_to) > plan.max_recipients:
-        raise SubmitError(
-            "TOO_MANY_RECIPIENTS",
-            f"{len(content.rcpt_to)} recipients; the {plan.name} plan allows {plan.max_recipients}",
-            "to",
-            400,
-        )
-    for address in content.rcpt_to:
-        s = ref.suppression(account.account_id, address)
-        if s is not None:
-            raise SubmitError(
-                "RECIPIENT_SUPPRESSED", f"{address} is suppressed ({s.reason})", "to", 400
-            )
+    """Size and recipients within plan, the From domain owned and verified, no recipient
+    suppressed."""
+    refuse(plan_violation(account.plan, 0, content.size))
+    check_domain(ref, account, content.from_domain)
+    refuse(plan_violation(account.plan, len(content.rcpt_to), 0))
+    refuse(suppression_violation(suppressed(ref, account.account_id, content.rcpt_to)))

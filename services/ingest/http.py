@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Header, Request
@@ -14,18 +13,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
-from kairos.metrics import REJECTED, count
-from kairos.refdata.admin import install_error_handler
-from schemas.events import Scheduled
+from kairos.metrics import REJECTED
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
-from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, check_unicode, compose, error_body
-from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog, body_digest
-from services.ingest.publish import Publisher, PublishError
-from services.ingest.scanners import Scanning
-from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, resolve_scheduled_at
+from services.ingest.idempotency import body_digest
+from services.ingest.manage import authenticate
+from services.ingest.schedule import ScheduleError, requested_at
+from services.ingest.submit import Accepted, Draft, Submission, Submitter
+from services.reference.admin import install_error_handler
 
 log = get_logger("kairos.ingest")
 
@@ -139,6 +135,8 @@ class AccountLookup(Protocol):
 
     def authenticate(self, api_key: str) -> AccountState | None: ...
 
+    def account(self, account_id: str) -> AccountState | None: ...
+
     def domain(self, account_id: str, domain: str) -> DomainState | None: ...
 
     def suppression(self, account_id: str, address: str) -> SuppressionState | None: ...
@@ -146,17 +144,56 @@ class AccountLookup(Protocol):
     def batch(self, account_id: str, batch_id: str) -> BatchState | None: ...
 
 
+def email_submission(
+    account: AccountState | None, body: dict[str, Any], idempotency_key: str | None
+) -> Submission:
+    """A ``POST /email`` body read into a submission (pure); SubmitError for a body that is
+    not one."""
+    check_unicode(body)
+    try:
+        req = EmailRequest.model_validate(body)
+        when = requested_at(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise SubmitError("INVALID_REQUEST", first["msg"], field) from exc
+    except ScheduleError as exc:
+        raise SubmitError(exc.code, exc.message, exc.field) from exc
+    return Submission(
+        account,
+        "http",
+        [Draft(lambda message_id: compose(req, message_id), when)],
+        idempotency_key=idempotency_key,
+        digest=body_digest(body),
+    )
+
+
+def email_answer(accepted: Accepted) -> JSONResponse:
+    """201 for an immediate send, 202 with the due second for a scheduled one."""
+    message_id, due = accepted.ids[0], accepted.dues[0]
+    if due is None:
+        answer: dict[str, Any] = {"id": message_id, "response": f"Queued as {message_id}"}
+    else:
+        answer = {
+            "id": message_id,
+            "scheduled_at": due,
+            "response": f"Scheduled as {message_id} for {due}",
+        }
+    response = JSONResponse(answer, status_code=201 if due is None else 202)
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 def create_app(
-    publisher: Publisher,
-    clock: Clock,
+    submitter: Submitter,
     view: AccountLookup,
+    ready: Callable[[], bool],
     admin: APIRouter | None = None,
-    idempotency: IdempotencyLog | None = None,
     routers: Sequence[APIRouter] = (),
-    scanning: Scanning | None = None,
 ) -> FastAPI:
     """The ingest HTTP application: the public API (Bearer API key) and, when given, the
-    admin API."""
+    admin API. ``ready``: whether the service can make a submission durable now."""
     app = FastAPI(
         title="Kairos",
         version="1",
@@ -172,7 +209,7 @@ def create_app(
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> JSONResponse:
-        ok = publisher.ready() and view.caught_up
+        ok = ready() and view.caught_up
         return JSONResponse({"status": "ok" if ok else "starting"}, status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -228,114 +265,11 @@ def create_app(
 
         With an ``Idempotency-Key``, a retry of the same body answers what the first request
         answered (even after its time has passed), and creates no second message."""
-        now = clock.now()
-        key = (authorization or "").removeprefix("Bearer ").strip()
-        message_id = str(uuid.uuid4())
         try:
-            account = check_account(view.authenticate(key) if key else None)
-            check_unicode(body)
+            account = authenticate(view, authorization)
+            submission = email_submission(account, body, idempotency_key)
+            return email_answer(await submitter.submit(submission))
         except SubmitError as exc:
             return _error(exc.status, exc.code, exc.message, exc.field)
-        claimed = False
-        deadline: float | None = None
-        if idempotency_key is not None and idempotency is not None:
-            if not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
-                return _error(
-                    400, "INVALID_IDEMPOTENCY_KEY", "1 to 256 characters", "Idempotency-Key"
-                )
-            try:
-                decision = await idempotency.claim(
-                    account.account_id, idempotency_key, body_digest(body), message_id
-                )
-            except SubmitError as exc:  # IdempotencyUnavailable: 503 BROKER_UNAVAILABLE
-                return _error(exc.status, exc.code, exc.message, exc.field)
-            if decision.kind == "replay" and decision.response is not None:
-                return JSONResponse(
-                    decision.response["body"], status_code=decision.response["status"]
-                )
-            if decision.kind == "mismatch":
-                return _error(
-                    409,
-                    "IDEMPOTENCY_BODY_MISMATCH",
-                    "this key was used with a different body",
-                    "Idempotency-Key",
-                )
-            if decision.kind == "in_flight":
-                return _error(
-                    409,
-                    "IDEMPOTENCY_IN_FLIGHT",
-                    "a request with this key is still in flight",
-                    "Idempotency-Key",
-                )
-            claimed, deadline = True, decision.expires_at
-        try:
-            status, answer = await submit(account, body, now, message_id, deadline)
-        except SubmitError as exc:
-            if claimed and idempotency is not None and idempotency_key is not None:
-                await idempotency.release(account.account_id, idempotency_key, message_id)
-            return _error(exc.status, exc.code, exc.message, exc.field)
-        if claimed and idempotency is not None and idempotency_key is not None:
-            await idempotency.complete(
-                account.account_id, idempotency_key, message_id, {"status": status, "body": answer}
-            )
-        return JSONResponse(answer, status_code=status)
-
-    async def submit(
-        account: AccountState,
-        body: dict[str, Any],
-        now: float,
-        message_id: str,
-        deadline: float | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        """Validate, compose and publish one submission; SubmitError for any refusal.
-        ``deadline``: when this request's idempotency claim stops holding its key; past it,
-        another request may have the key, so this one must not publish."""
-        try:
-            req = EmailRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or None
-            raise SubmitError("INVALID_REQUEST", first["msg"], field) from exc
-        scheduled = any(body.get(k) is not None for k in ("scheduledAt", "scheduled_at"))
-        try:
-            horizon = horizon_of(account, scheduled, MAX_HORIZON_SECONDS)
-            due = resolve_scheduled_at(body, now, horizon)
-        except ScheduleError as exc:
-            raise SubmitError(exc.code, exc.message, exc.field) from exc
-        content = compose(req, message_id)
-        check_message(account, content, view)
-        if scanning is not None:
-            await scanning.check(content.raw())
-        event = Scheduled(
-            occurred_at=to_datetime(now),
-            account_id=account.account_id,
-            message_id=message_id,
-            due_at=due if due is not None else int(now),
-            submitted_at=to_datetime(now),
-            source="http",
-            content=content,
-        )
-        if deadline is not None and clock.now() >= deadline:
-            raise SubmitError(
-                "IDEMPOTENCY_CLAIM_EXPIRED",
-                "the request took longer than its idempotency claim holds; retry",
-                "Idempotency-Key",
-                503,
-            )
-        try:
-            await publisher.publish(event)
-        except PublishError as exc:
-            log.warning("publish failed", message_id=message_id, error=str(exc))
-            raise SubmitError(
-                "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
-            ) from exc
-        count("ingest", "scheduled")
-        if due is None:
-            return 201, {"id": message_id, "response": f"Queued as {message_id}"}
-        return 202, {
-            "id": message_id,
-            "scheduled_at": due,
-            "response": f"Scheduled as {message_id} for {due}",
-        }
 
     return app

@@ -107,10 +107,23 @@ def check_window(
     return due
 
 
-def resolve_scheduled_at(
-    body: dict[str, Any], now: float, horizon: int = MAX_HORIZON_SECONDS
-) -> int | None:
-    """The due second of a ``POST /email`` body, or None for an immediate send.
+@dataclass(frozen=True)
+class When:
+    """A requested send time as a front door read it: parsed, not yet judged against ``now``
+    (so that an idempotent retry can be answered after the time has passed). ``limit``: the
+    front door's own horizon (SendGrid's 72 hours), before the plan's."""
+
+    at: int
+    field: str = "scheduledAt"
+    limit: int = MAX_HORIZON_SECONDS
+
+    def check(self, now: float, horizon: int) -> int:
+        """The due second, if in the future and within ``horizon`` and this door's limit."""
+        return check_window(self.at, now, min(horizon, self.limit), self.field)
+
+
+def requested_at(body: dict[str, Any]) -> When | None:
+    """The requested send time of a ``POST /email`` body, or None for an immediate send.
 
     ``scheduledAt`` and its alias ``scheduled_at`` may both be given only with the same
     time (``SCHEDULED_AT_CONFLICT`` otherwise). An explicit null is "no schedule".
@@ -128,4 +141,12 @@ def resolve_scheduled_at(
             "scheduled_at",
         )
     name, due = parsed[0]
-    return check_window(due, now, horizon, name)
+    return When(due, name)
+
+
+def resolve_scheduled_at(
+    body: dict[str, Any], now: float, horizon: int = MAX_HORIZON_SECONDS
+) -> int | None:
+    """The due second of a body (see :func:`requested_at`), checked against ``now``."""
+    when = requested_at(body)
+    return None if when is None else when.check(now, horizon)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import secrets
-import uuid
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
+from functools import partial
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Header, Request
@@ -27,21 +27,18 @@ from fastapi.responses import JSONResponse, Response
 
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
-from kairos.metrics import REJECTED, count
-from kairos.refdata.commands import Record
+from kairos.metrics import REJECTED
 from kairos.settings import KairosSettings
-from schemas.events import MessageContent, Scheduled
 from schemas.reference import AccountState, BatchState
-from services.ingest.checks import check_message, horizon_of
 from services.ingest.compose import EmailRequest, SubmitError, check_line, check_unicode, compose
+from services.ingest.idempotency import body_digest
 from services.ingest.manage import authenticate
-from services.ingest.scanners import Scanning
-from services.ingest.schedule import ScheduleError, check_window
+from services.ingest.schedule import When
+from services.ingest.submit import BATCH_VALIDITY, Draft, Submission, Submitter, live_batch
+from services.reference.commands import Record
 
 #: SendGrid's scheduling limit on this API.
 SENDGRID_HORIZON_SECONDS = 72 * 3600
-#: A batch id is valid this long after it was created.
-BATCH_VALIDITY = timedelta(days=10)
 MAX_PERSONALIZATIONS = 1000
 #: Open batch ids an account may hold at once (the setting's default).
 OPEN_BATCH_LIMIT: int = KairosSettings.model_fields["open_batch_limit"].default
@@ -73,10 +70,6 @@ class Broadcaster(Protocol):
     async def __call__(
         self, account_id: str, batch_id: str, action: Literal["cancel", "pause", "resume"]
     ) -> None: ...
-
-
-class Publisher(Protocol):
-    async def publish_many(self, events: list[Scheduled]) -> None: ...
 
 
 def sg_error(status: int, message: str, field: str | None = None, code: str = "") -> JSONResponse:
@@ -155,15 +148,12 @@ def _headers(value: Any, field: str) -> dict[str, str]:
     return headers
 
 
-def _send_at(value: Any, field: str, now: float, horizon: int) -> int | None:
+def _send_at(value: Any, field: str) -> When | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise SubmitError("SCHEDULED_AT_INVALID", "send_at must be a unix timestamp", field)
-    try:
-        return check_window(value, now, horizon, field)
-    except ScheduleError as exc:
-        raise SubmitError(exc.code, exc.message, exc.field) from exc
+    return When(value, field, SENDGRID_HORIZON_SECONDS)
 
 
 def personalizations(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,13 +185,11 @@ def sandboxed(body: dict[str, Any]) -> bool:
     return enable
 
 
-def personalize(
-    body: dict[str, Any], now: float, horizon: int
-) -> list[tuple[EmailRequest, int | None]]:
-    """The messages of a ``/v3/mail/send`` body: one per personalization, with its due second
-    (None: now). Raises SubmitError for anything SendGrid would refuse (a field of the wrong
-    type is ``INVALID_REQUEST`` naming it), and for what Kairos cannot honour (templates,
-    ``send_each_at``)."""
+def personalize(body: dict[str, Any]) -> list[tuple[EmailRequest, When | None]]:
+    """The messages of a ``/v3/mail/send`` body: one per personalization, with the time it
+    asks for (None: now; judged against the clock by the submission core). Raises SubmitError
+    for anything SendGrid would refuse (a field of the wrong type is ``INVALID_REQUEST``
+    naming it), and for what Kairos cannot honour (templates, ``send_each_at``)."""
     check_unicode(body)
     for unsupported in ("template_id", "send_each_at"):
         if body.get(unsupported) is not None:
@@ -250,14 +238,14 @@ def personalize(
     top_subject = body.get("subject")
     if top_subject is not None:
         _string(top_subject, "subject")
-    top_due = _send_at(body.get("send_at"), "send_at", now, horizon)
+    top_due = _send_at(body.get("send_at"), "send_at")
     out = []
     for i, p in enumerate(people):
         field = f"personalizations[{i}]"
         to = _addresses(p.get("to"), f"{field}.to")
         if not to:
             raise SubmitError("MISSING_RECIPIENT", "at least one to address", f"{field}.to")
-        due = _send_at(p.get("send_at"), f"{field}.send_at", now, horizon)
+        due = _send_at(p.get("send_at"), f"{field}.send_at")
         subject = p.get("subject", top_subject)
         if not subject:
             raise SubmitError("INVALID_REQUEST", "a subject is required", "subject")
@@ -284,6 +272,25 @@ def personalize(
     return out
 
 
+def mail_submission(
+    account: AccountState, body: dict[str, Any], idempotency_key: str | None = None
+) -> Submission:
+    """A ``/v3/mail/send`` body read into a submission (pure): one draft per personalization."""
+    messages = personalize(body)
+    batch_id = body.get("batch_id")
+    if batch_id is not None and not isinstance(batch_id, str):
+        raise SubmitError("INVALID_BATCH_ID", "invalid batch id", "batch_id")
+    return Submission(
+        account,
+        "sendgrid",
+        [Draft(partial(compose, req), when) for req, when in messages],
+        batch_id=batch_id,
+        idempotency_key=idempotency_key,
+        digest=body_digest(body),
+        dry_run=sandboxed(body),
+    )
+
+
 def open_batches(batches: Iterable[BatchState], account_id: str, now: datetime) -> int:
     """How many batch ids of ``account_id`` are still valid at ``now`` (pure)."""
     return sum(
@@ -300,24 +307,19 @@ def sendgrid_router(
     view: BatchStore,
     writer: Writer,
     broadcast: Broadcaster,
-    publisher: Publisher,
+    submitter: Submitter,
     clock: Clock,
-    lookup: Any,
-    scanning: Scanning | None = None,
     open_batch_limit: int = OPEN_BATCH_LIMIT,
 ) -> APIRouter:
-    """``/v3``: mail send, batch ids, scheduled sends. ``lookup`` is the reference view used
-    by the submit-time checks (domains, suppressions). An account holds at most
+    """``/v3``: mail send (through ``submitter``), batch ids, scheduled sends. An account
+    holds at most
     ``open_batch_limit`` valid batch ids (per replica exactly; replicas racing may each let
     one more through)."""
     router = APIRouter(prefix="/v3", tags=["sendgrid"])
     creating: dict[str, asyncio.Lock] = {}
 
     def valid_batch(account: AccountState, batch_id: str) -> BatchState | None:
-        batch = view.batch(account.account_id, batch_id)
-        if batch is None or to_datetime(clock.now()) - batch.created_at > BATCH_VALIDITY:
-            return None
-        return batch
+        return live_batch(view, account.account_id, batch_id, clock.now())
 
     @router.post(
         "/mail/send",
@@ -326,10 +328,13 @@ def sendgrid_router(
         openapi_extra={"requestBody": _MAIL_SEND_BODY},
     )
     async def mail_send(
-        request: Request, authorization: str | None = Header(default=None)
+        request: Request,
+        authorization: str | None = Header(default=None),
+        idempotency_key: str | None = Header(default=None),
     ) -> Response:
-        """Send now, or at ``send_at`` (at most 72 h ahead), optionally in a batch."""
-        now = clock.now()
+        """Send now, or at ``send_at`` (at most 72 h ahead), optionally in a batch. Every
+        personalization is accepted, or none is. With an ``Idempotency-Key`` (a Kairos
+        extension), a retry of the same body is answered as the first one was."""
         try:
             account = authenticate(view, authorization)
         except SubmitError as exc:
@@ -341,51 +346,18 @@ def sendgrid_router(
         if not isinstance(body, dict):
             return sg_error(400, "the request body is an object", None, "INVALID_REQUEST")
         try:
-            scheduled = body.get("send_at") is not None or any(
-                p.get("send_at") is not None for p in personalizations(body)
-            )
-            horizon = horizon_of(account, scheduled, SENDGRID_HORIZON_SECONDS)
-            messages = personalize(body, now, horizon)
-            batch_id = body.get("batch_id")
-            if batch_id is not None and (
-                not isinstance(batch_id, str) or valid_batch(account, batch_id) is None
-            ):
-                raise SubmitError("INVALID_BATCH_ID", "invalid batch id", "batch_id")
-            events = []
-            for req, due in messages:
-                message_id = str(uuid.uuid4())
-                content: MessageContent = compose(req, message_id)
-                check_message(account, content, lookup)
-                if scanning is not None:
-                    await scanning.check(content.raw())
-                events.append(
-                    Scheduled(
-                        occurred_at=to_datetime(now),
-                        account_id=account.account_id,
-                        message_id=message_id,
-                        due_at=due if due is not None else int(now),
-                        submitted_at=to_datetime(now),
-                        source="sendgrid",
-                        batch_id=batch_id,
-                        content=content,
-                    )
-                )
+            accepted = await submitter.submit(mail_submission(account, body, idempotency_key))
         except SubmitError as exc:
             return _from_submit(exc)
         if sandboxed(body):
             return Response(status_code=200)
-        try:
-            await publisher.publish_many(events)
-        except Exception:
-            return sg_error(503, "could not store the message; retry", None, "BROKER_UNAVAILABLE")
-        count("ingest", "scheduled", len(events))
-        return Response(
-            status_code=202,
-            headers={
-                "X-Message-Id": events[0].message_id,
-                "X-Kairos-Message-Ids": ",".join(e.message_id for e in events),
-            },
-        )
+        headers = {
+            "X-Message-Id": accepted.ids[0],
+            "X-Kairos-Message-Ids": ",".join(accepted.ids),
+        }
+        if accepted.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(status_code=202, headers=headers)
 
     @router.post(
         "/mail/batch",

@@ -14,11 +14,8 @@ from kairos.clock import Clock
 from kairos.commands import broadcast_batch_command
 from kairos.kafka.producer import DurableProducer, TransactionalProducer
 from kairos.logging import get_logger
-from kairos.refdata.admin import admin_router
-from kairos.refdata.token import admin_token
-from kairos.refdata.view import ReferenceView
-from kairos.refdata.writer import ReferenceWriter
 from kairos.settings import KairosSettings
+from kairos.token import admin_token
 from schemas.registry import IDEMPOTENCY, SCHEDULE
 from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog
@@ -28,6 +25,10 @@ from services.ingest.publish import KafkaPublisher
 from services.ingest.scanners import scanning_from
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory
+from services.ingest.submit import Submitter
+from services.reference.admin import admin_router
+from services.reference.view import ReferenceView
+from services.reference.writer import ReferenceWriter
 
 log = get_logger("kairos.ingest")
 
@@ -72,21 +73,14 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     ) -> None:
         await broadcast_batch_command(producer, settings, account_id, batch_id, action, clock.now())
 
-    scanning = scanning_from(settings)
+    submitter = Submitter(view, publisher, clock, idempotency, scanning_from(settings))
     routers = [
         manage_router(view, projection, publisher, clock),
         sendgrid_router(
-            view,
-            writer,
-            broadcast,
-            publisher,
-            clock,
-            view,
-            scanning,
-            open_batch_limit=settings.open_batch_limit,
+            view, writer, broadcast, submitter, clock, open_batch_limit=settings.open_batch_limit
         ),
     ]
-    app = create_app(publisher, clock, view, admin, idempotency, routers, scanning)
+    app = create_app(submitter, view, publisher.ready, admin, routers)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -104,7 +98,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     publisher.started = True
     smtp_server = None
     if settings.smtp_port:
-        handler = SubmissionHandler(view, publisher, clock, idempotency, scanning)
+        handler = SubmissionHandler(view, submitter)
         smtp_server = await asyncio.get_running_loop().create_server(
             server_factory(settings, handler), settings.smtp_host, settings.smtp_port
         )

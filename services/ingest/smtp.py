@@ -19,20 +19,19 @@ import base64
 import hashlib
 import re
 import ssl
-import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
-from kairos.metrics import REJECTED, count
+from kairos.metrics import REJECTED
 from kairos.settings import KairosSettings
-from schemas.events import MessageContent, Scheduled
+from schemas.events import MessageContent
 from schemas.reference import AccountState
-from services.ingest.checks import HARD_CAP_BYTES, check_account, check_message, horizon_of
+from services.ingest.checks import HARD_CAP_BYTES, check_account, check_domain
 from services.ingest.compose import SubmitError
 from services.ingest.headers import (
     HeaderError,
@@ -44,10 +43,8 @@ from services.ingest.headers import (
     parse,
 )
 from services.ingest.http import AccountLookup
-from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
-from services.ingest.publish import Publisher, PublishError
-from services.ingest.scanners import Scanning
-from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, check_window, parse_time
+from services.ingest.schedule import ScheduleError, When, parse_time
+from services.ingest.submit import Draft, Submission, Submitter
 
 log = get_logger("kairos.ingest.smtp")
 
@@ -95,6 +92,7 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "INVALID_BODY": (554, "5.6.0"),
     "IDEMPOTENCY_BODY_MISMATCH": (554, "5.5.0"),
     "IDEMPOTENCY_IN_FLIGHT": (451, "4.5.0"),
+    "IDEMPOTENCY_CLAIM_EXPIRED": (451, "4.5.0"),
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
     "INVALID_SMTPAPI": (554, "5.5.4"),
     "INVALID_BATCH_ID": (554, "5.5.4"),
@@ -139,14 +137,15 @@ def queued_reply(ids: list[str], dues: list[int | None]) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one DATA becomes: (recipients, due second or None) per message, and the batch."""
+    """What one DATA becomes: (recipients, requested time or None) per message, and the
+    batch."""
 
-    messages: list[tuple[list[str], int | None]]
+    messages: list[tuple[list[str], When | None]]
     batch_id: str | None
 
 
 @dataclass(frozen=True)
-class Submission:
+class ReadMessage:
     """What Kairos reads from a submitted message (pure result of :func:`read_submission`):
     the From and Sender domains, its own headers' values (None when absent, never empty),
     and the message to store (without :data:`STRIPPED` fields)."""
@@ -185,7 +184,7 @@ def _kairos_value(message: Message, name: str) -> str | None:
     return value
 
 
-def read_submission(raw: bytes) -> Submission:
+def read_submission(raw: bytes) -> ReadMessage:
     """Check a submitted message's header block and read what Kairos needs from it (pure).
 
     Raises SubmitError: a header block that is not well-formed (see
@@ -202,7 +201,7 @@ def read_submission(raw: bytes) -> Submission:
         values = {name: _kairos_value(message, name) for name in KAIROS_HEADERS}
     except HeaderError as exc:
         raise _as_submit_error(exc) from exc
-    return Submission(
+    return ReadMessage(
         from_domain=from_domain,
         sender_domain=sender_domain,
         scheduled_at=values["x-scheduled-at"],
@@ -212,14 +211,14 @@ def read_submission(raw: bytes) -> Submission:
     )
 
 
-def plan_schedule(
-    scheduled_at: str | None, smtpapi: str | None, rcpts: list[str], now: float, horizon: int
-) -> Plan:
+def plan_schedule(scheduled_at: str | None, smtpapi: str | None, rcpts: list[str]) -> Plan:
     """Read X-Scheduled-At and X-SMTPAPI values (pure; None when absent, as from
-    :func:`read_submission`). A present X-SMTPAPI must name a time (``send_at`` or
-    ``send_each_at``) unless X-Scheduled-At does. Raises ScheduleError or SubmitError."""
+    :func:`read_submission`) into the messages to submit and the times they ask for (judged
+    against the clock by the submission core; X-SMTPAPI times within SendGrid's 72 hours). A
+    present X-SMTPAPI must name a time (``send_at`` or ``send_each_at``) unless X-Scheduled-At
+    does. Raises ScheduleError or SubmitError."""
     due = (
-        check_window(parse_time(scheduled_at, "X-Scheduled-At"), now, horizon, "X-Scheduled-At")
+        When(parse_time(scheduled_at, "X-Scheduled-At"), "X-Scheduled-At")
         if scheduled_at is not None
         else None
     )
@@ -241,14 +240,13 @@ def plan_schedule(
         not isinstance(batch, str) or not 1 <= len(batch) <= 128 or not batch.isprintable()
     ):
         raise SubmitError("INVALID_BATCH_ID", "batch_id must be a batch id string", "X-SMTPAPI")
-    api_horizon = min(horizon, SMTPAPI_HORIZON)
     if "send_at" in api and "send_each_at" in api:
         raise SubmitError(
             "INVALID_SMTPAPI", "send_at and send_each_at cannot be combined", "X-SMTPAPI"
         )
     if "send_at" in api:
-        at = check_window(parse_time(api["send_at"], "send_at"), now, api_horizon, "send_at")
-        if due is not None and due != at:
+        at = When(parse_time(api["send_at"], "send_at"), "send_at", SMTPAPI_HORIZON)
+        if due is not None and due.at != at.at:
             raise ScheduleError(
                 "SCHEDULED_AT_CONFLICT", "X-Scheduled-At and X-SMTPAPI send_at differ", "send_at"
             )
@@ -269,7 +267,7 @@ def plan_schedule(
             )
         return Plan(
             [
-                ([r], check_window(parse_time(t, "send_each_at"), now, api_horizon, "send_each_at"))
+                ([r], When(parse_time(t, "send_each_at"), "send_each_at", SMTPAPI_HORIZON))
                 for r, t in zip(rcpts, times, strict=True)
             ],
             batch,
@@ -283,6 +281,51 @@ def plan_schedule(
     return Plan([(rcpts, due)], batch)
 
 
+def content_of(
+    message: ReadMessage, mail_from: str, rcpts: list[str], message_id: str = ""
+) -> MessageContent:
+    """The stored form of a submitted message, for ``rcpts`` (pure): UTF-8 text when it is,
+    base64 of the bytes otherwise. ``message_id`` is not written into it: the client's own
+    message stands as written."""
+    clean = message.clean
+    try:
+        mime, encoding = clean.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        mime, encoding = base64.b64encode(clean).decode(), "base64"
+    return MessageContent(
+        mail_from=mail_from,
+        rcpt_to=rcpts,
+        from_domain=message.from_domain,
+        mime=mime,
+        mime_encoding=encoding,
+        size=len(clean),
+    )
+
+
+def smtp_submission(account: AccountState, envelope: Any, message: ReadMessage) -> Submission:
+    """One DATA read into a submission (pure): a message per planned recipient group; its
+    idempotency fingerprint covers the envelope and the message as written."""
+    rcpts = list(envelope.rcpt_tos)
+    plan = plan_schedule(message.scheduled_at, message.smtpapi, rcpts)
+    drafts = [
+        Draft(partial(content_of, message, envelope.mail_from, group), when)
+        for group, when in plan.messages
+    ]
+    digest = hashlib.sha256(
+        b"\0".join(
+            [envelope.mail_from.encode(), *(r.encode() for r in rcpts), envelope.original_content]
+        )
+    ).hexdigest()
+    return Submission(
+        account,
+        "smtp",
+        drafts,
+        batch_id=plan.batch_id,
+        idempotency_key=message.idempotency_key,
+        digest=digest,
+    )
+
+
 class SubmissionHandler:
     """aiosmtpd handler: MAIL FROM (a verified domain) -> RCPT (bounded) -> DATA -> checks ->
     scheduled events (acknowledged) -> 250.
@@ -291,21 +334,8 @@ class SubmissionHandler:
     unexpected exception is logged here and answered ``451 4.3.0 INTERNAL_ERROR`` with a
     generic text, never the exception's."""
 
-    def __init__(
-        self,
-        view: AccountLookup,
-        publisher: Publisher,
-        clock: Clock,
-        idempotency: IdempotencyLog | None,
-        scanning: Scanning | None = None,
-    ) -> None:
-        self.view, self.publisher, self.clock, self.idempotency = (
-            view,
-            publisher,
-            clock,
-            idempotency,
-        )
-        self.scanning = scanning
+    def __init__(self, view: AccountLookup, submitter: Submitter) -> None:
+        self.view, self.submitter = view, submitter
 
     def authenticate(
         self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
@@ -323,23 +353,14 @@ class SubmissionHandler:
         return smtp_reply("INTERNAL_ERROR", "internal error; try again later")
 
     def _account(self, session: Any) -> AccountState:
-        lookup: Any = self.view
         account_id = session.auth_data
-        return check_account(lookup.account(account_id) if account_id else None)
+        return check_account(self.view.account(account_id) if account_id else None)
 
     def _check_domain(self, account: AccountState, domain: str | None, what: str) -> None:
         """``domain`` (of the ``what`` address) is a verified domain of ``account``."""
         if domain is None:
             raise SubmitError("INVALID_ADDRESS", f"{what} is not a valid email address", what)
-        state = self.view.domain(account.account_id, domain)
-        if state is None:
-            raise SubmitError(
-                "DOMAIN_NOT_OWNED", f"{what} domain {domain} is not a domain of this account", what
-            )
-        if not state.verified:
-            raise SubmitError(
-                "DOMAIN_NOT_VERIFIED", f"{what} domain {domain} is not verified", what
-            )
+        check_domain(self.view, account, domain, what)
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
@@ -382,99 +403,16 @@ class SubmissionHandler:
             return smtp_reply("INTERNAL_ERROR", "internal error; try again later")
 
     async def _data(self, session: Any, envelope: Any) -> str:
-        now = self.clock.now()
+        """MAIL FROM, From and Sender at verified domains of the account (the submission
+        core checks the rest), then one submission for the whole DATA."""
         account = self._account(session)
-        raw: bytes = envelope.original_content
         self._check_domain(account, envelope_domain(envelope.mail_from), "MAIL FROM")
-        submission = read_submission(raw)
-        self._check_domain(account, submission.from_domain, "From")
-        if submission.sender_domain is not None:
-            self._check_domain(account, submission.sender_domain, "Sender")
-        first_id = str(uuid.uuid4())
-        key = submission.idempotency_key
-        if key is not None and len(key) > MAX_KEY_LENGTH:
-            raise SubmitError("INVALID_IDEMPOTENCY_KEY", f"1 to {MAX_KEY_LENGTH} characters")
-        if key is None or self.idempotency is None:
-            return await self._submit(account, submission, envelope, now, first_id)
-        digest = hashlib.sha256(
-            b"\0".join([envelope.mail_from.encode(), *(r.encode() for r in envelope.rcpt_tos), raw])
-        ).hexdigest()
-        decision = await self.idempotency.claim(account.account_id, key, digest, first_id)
-        if decision.kind == "replay" and decision.response is not None:
-            return str(decision.response["smtp"])
-        if decision.kind == "mismatch":
-            raise SubmitError(
-                "IDEMPOTENCY_BODY_MISMATCH", "this key was used with a different message"
-            )
-        if decision.kind == "in_flight":
-            raise SubmitError("IDEMPOTENCY_IN_FLIGHT", "a message with this key is in flight")
-        try:
-            reply = await self._submit(account, submission, envelope, now, first_id)
-        except Exception:
-            await self.idempotency.release(account.account_id, key, first_id)
-            raise
-        if reply.startswith("250"):
-            await self.idempotency.complete(account.account_id, key, first_id, {"smtp": reply})
-        else:
-            await self.idempotency.release(account.account_id, key, first_id)
-        return reply
-
-    async def _submit(
-        self,
-        account: AccountState,
-        submission: Submission,
-        envelope: Any,
-        now: float,
-        first_id: str,
-    ) -> str:
-        horizon = horizon_of(account, submission.scheduled, MAX_HORIZON_SECONDS)
-        plan = plan_schedule(
-            submission.scheduled_at, submission.smtpapi, list(envelope.rcpt_tos), now, horizon
-        )
-        clean = submission.clean
-        try:
-            mime, encoding = clean.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            mime, encoding = base64.b64encode(clean).decode(), "base64"
-        contents = [
-            MessageContent(
-                mail_from=envelope.mail_from,
-                rcpt_to=rcpts,
-                from_domain=submission.from_domain,
-                mime=mime,
-                mime_encoding=encoding,
-                size=len(clean),
-            )
-            for rcpts, _ in plan.messages
-        ]
-        if plan.batch_id is not None and self.view.batch(account.account_id, plan.batch_id) is None:
-            raise SubmitError(
-                "INVALID_BATCH_ID", "invalid batch id; create one with POST /v3/mail/batch"
-            )
-        for content in contents:
-            check_message(account, content, self.view)
-        if self.scanning is not None:
-            await self.scanning.check(clean)
-        ids = [first_id, *(str(uuid.uuid4()) for _ in plan.messages[1:])]
-        try:
-            for mid, content, (_rcpts, due) in zip(ids, contents, plan.messages, strict=True):
-                await self.publisher.publish(
-                    Scheduled(
-                        occurred_at=to_datetime(now),
-                        account_id=account.account_id,
-                        message_id=mid,
-                        due_at=due if due is not None else int(now),
-                        submitted_at=to_datetime(now),
-                        source="smtp",
-                        batch_id=plan.batch_id,
-                        content=content,
-                    )
-                )
-                count("ingest", "scheduled")
-        except PublishError as exc:
-            log.warning("publish failed", error=str(exc))
-            return smtp_reply("BROKER_UNAVAILABLE", "could not store the message; retry")
-        return queued_reply(ids, [due for _, due in plan.messages])
+        message = read_submission(envelope.original_content)
+        self._check_domain(account, message.from_domain, "From")
+        if message.sender_domain is not None:
+            self._check_domain(account, message.sender_domain, "Sender")
+        accepted = await self.submitter.submit(smtp_submission(account, envelope, message))
+        return queued_reply(accepted.ids, accepted.dues)
 
 
 def tls_context(settings: KairosSettings) -> ssl.SSLContext | None:

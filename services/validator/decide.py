@@ -8,37 +8,16 @@ plan still covers what the message needs. A failure is a recorded outcome, never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from schemas.events import Due
-
-#: Stable reason codes of a send-time rejection (the ``reason`` of a ``failed`` outcome).
-ACCOUNT_UNKNOWN = "account_unknown"
-ACCOUNT_DISABLED = "account_disabled"
-DOMAIN_UNVERIFIED = "domain_unverified"
-RECIPIENT_SUPPRESSED = "recipient_suppressed"
-PLAN_INSUFFICIENT = "plan_insufficient"
-
-
-@dataclass(frozen=True)
-class AccountFacts:
-    """What send-time validation needs to know about an account."""
-
-    active: bool
-    max_recipients: int
-    max_message_bytes: int
-    max_horizon_seconds: int
-    scheduling_allowed: bool
-
-
-class ReferenceLookup(Protocol):
-    """The reference data as of now (accounts, domains, suppressions)."""
-
-    def account_facts(self, account_id: str) -> AccountFacts | None: ...
-
-    def domain_verified(self, account_id: str, domain: str) -> bool: ...
-
-    def suppression_reason(self, account_id: str, address: str) -> str | None: ...
+from services.reference.rules import (
+    Reference,
+    account_violation,
+    domain_violation,
+    plan_violation,
+    schedule_violation,
+    suppressed,
+)
 
 
 @dataclass(frozen=True)
@@ -57,41 +36,26 @@ class Rejected:
     text: str
 
 
-def decide(due: Due, ref: ReferenceLookup) -> Approved | Rejected:
-    """Re-check ``due`` against the reference data as it is now."""
-    facts = ref.account_facts(due.account_id)
-    if facts is None:
-        return Rejected(ACCOUNT_UNKNOWN, f"account {due.account_id} does not exist")
-    if not facts.active:
-        return Rejected(ACCOUNT_DISABLED, "the account is disabled")
-    domain = due.content.from_domain
-    if not ref.domain_verified(due.account_id, domain):
-        return Rejected(DOMAIN_UNVERIFIED, f"{domain} is not a verified domain of the account")
-    needs = len(due.content.rcpt_to)
-    if needs > facts.max_recipients:
-        return Rejected(
-            PLAN_INSUFFICIENT, f"{needs} recipients; the plan allows {facts.max_recipients}"
+def decide(due: Due, ref: Reference) -> Approved | Rejected:
+    """Re-check ``due`` against the reference data as it is now, by the rules ingest applied
+    at submit time (:mod:`services.reference.rules`). The schedule is judged on a first
+    attempt only: a retry is late by its own backoff, not by the sender's choice."""
+    account = ref.account(due.account_id)
+    content = due.content
+    violation = account_violation(account, due.account_id)
+    if violation is None and account is not None:
+        ahead = due.due_at - int(due.submitted_at.timestamp()) if due.attempt == 1 else 0
+        violation = (
+            domain_violation(ref, due.account_id, content.from_domain)
+            or plan_violation(account.plan, len(content.rcpt_to), content.size)
+            or schedule_violation(account.plan, ahead)
         )
-    if due.content.size > facts.max_message_bytes:
-        return Rejected(
-            PLAN_INSUFFICIENT,
-            f"{due.content.size} bytes; the plan allows {facts.max_message_bytes}",
-        )
-    if due.attempt == 1:
-        horizon = due.due_at - int(due.submitted_at.timestamp())
-        if horizon > 0 and not facts.scheduling_allowed:
-            return Rejected(PLAN_INSUFFICIENT, "the plan no longer allows scheduled sends")
-        if horizon > facts.max_horizon_seconds:
-            return Rejected(
-                PLAN_INSUFFICIENT,
-                f"scheduled {horizon}s ahead; the plan allows {facts.max_horizon_seconds}s",
-            )
-    keep: list[str] = []
-    dropped: list[str] = []
-    for address in due.content.rcpt_to:
-        (dropped if ref.suppression_reason(due.account_id, address) else keep).append(address)
+    if violation is not None:
+        return Rejected(violation.reason, violation.text)
+    dropped = suppressed(ref, due.account_id, content.rcpt_to)
+    keep = [address for address in content.rcpt_to if address not in dropped]
     if not keep:
         return Rejected(
-            RECIPIENT_SUPPRESSED, f"every recipient is suppressed: {', '.join(dropped)}"
+            "recipient_suppressed", f"every recipient is suppressed: {', '.join(dropped)}"
         )
-    return Approved(keep, dropped)
+    return Approved(keep, list(dropped))

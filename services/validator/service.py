@@ -16,46 +16,21 @@ from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger
 from kairos.metrics import count, track_lag
-from kairos.refdata.view import ReferenceView
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Dispatch, Due, Failed
 from schemas.registry import DEAD_LETTER, DISPATCH, DUE, OUTCOMES
-from services.validator.decide import AccountFacts, Approved, decide
+from services.reference.rules import Reference
+from services.reference.view import ReferenceView
+from services.validator.decide import Approved, decide
 
 log = get_logger("kairos.validator")
 
 
-class ViewLookup:
-    """The reference view as the decision function reads it."""
-
-    def __init__(self, view: ReferenceView) -> None:
-        self.view = view
-
-    def account_facts(self, account_id: str) -> AccountFacts | None:
-        account = self.view.account(account_id)
-        if account is None:
-            return None
-        plan = account.plan
-        return AccountFacts(
-            active=account.status == "active",
-            max_recipients=plan.max_recipients,
-            max_message_bytes=plan.max_message_bytes,
-            max_horizon_seconds=plan.max_horizon_seconds,
-            scheduling_allowed=plan.scheduling_allowed,
-        )
-
-    def domain_verified(self, account_id: str, domain: str) -> bool:
-        return self.view.domain_verified(account_id, domain)
-
-    def suppression_reason(self, account_id: str, address: str) -> str | None:
-        return self.view.suppression_reason(account_id, address)
-
-
-def judge(due: Due, lookup: ViewLookup, now: float) -> Dispatch | Failed:
+def judge(due: Due, ref: Reference, now: float) -> Dispatch | Failed:
     """The event that follows ``due``: a dispatch, or a ``failed`` outcome with its reason."""
-    verdict = decide(due, lookup)
+    verdict = decide(due, ref)
     if isinstance(verdict, Approved):
         content = due.content
         if verdict.dropped:
@@ -90,7 +65,6 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     producer = DurableProducer(bootstrap, "validator")
     consumer = make_consumer(bootstrap, settings.group("validator"), due_topic)
     view = ReferenceView(settings, bootstrap)
-    lookup = ViewLookup(view)
     health = HealthServer(
         "0.0.0.0", settings.health_port or 8082, lambda: view.caught_up and producer.healthy
     )
@@ -111,7 +85,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         for record in records:
             try:
                 due: Due = decode_as(record.value, Due)
-                event = judge(due, lookup, clock.now())
+                event = judge(due, view, clock.now())
             except DecodeError as exc:
                 out.append(dead(record, "undecodable", exc))
                 continue

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from kairos.kafka.clients import make_admin
-from kairos.refdata.view import ReferenceView, key_hash
+from services.reference.view import ReferenceView, key_hash
 from tests.integration.conftest import Stack, read_values_to_end
 
 pytestmark = pytest.mark.kafka

@@ -12,7 +12,6 @@ from typing import Any, Literal
 from fastapi import FastAPI
 
 from kairos.clock import FakeClock, to_datetime
-from kairos.refdata.commands import Record as RefRecord
 from schemas.events import MessageEvent, Scheduled
 from schemas.reference import AccountState, BatchState, DomainState, Plan, SuppressionState
 from services.ingest.http import create_app
@@ -21,6 +20,8 @@ from services.ingest.lifecycle import LifecycleStore
 from services.ingest.manage import manage_router
 from services.ingest.publish import PublishError
 from services.ingest.sendgrid import sendgrid_router
+from services.ingest.submit import Submitter
+from services.reference.commands import Record as RefRecord
 
 API_KEY = "kai_unit-test"
 ACCOUNT = "acc_unit"
@@ -28,12 +29,14 @@ EPOCH = datetime.fromisoformat("2020-01-01T00:00:00+00:00")
 
 
 class View:
-    """Reference data: one active account on plan pro, its verified domain example.com."""
+    """Reference data: one active account on plan pro, its verified domain example.com, its
+    unverified domain unverified.test; ``suppressed`` maps addresses to reasons."""
 
     caught_up = True
 
     def __init__(self) -> None:
         self.batches: dict[str, BatchState] = {}
+        self.suppressed: dict[str, Any] = {}
         self.account_state = AccountState(
             occurred_at=EPOCH,
             account_id=ACCOUNT,
@@ -56,18 +59,24 @@ class View:
         return self.account_state if account_id == ACCOUNT else None
 
     def domain(self, account_id: str, domain: str) -> DomainState | None:
-        if account_id != ACCOUNT or domain != "example.com":
+        if account_id != ACCOUNT or domain not in ("example.com", "unverified.test"):
             return None
         return DomainState(
             occurred_at=EPOCH,
             account_id=account_id,
             domain=domain,
-            verified=True,
+            verified=domain == "example.com",
             changed_at=EPOCH,
         )
 
     def suppression(self, account_id: str, address: str) -> SuppressionState | None:
-        return None
+        reason = self.suppressed.get(address)
+        if account_id != ACCOUNT or reason is None:
+            return None
+        return SuppressionState(
+            occurred_at=EPOCH, account_id=account_id, address=address, reason=reason,
+            added_at=EPOCH,
+        )  # fmt: skip
 
     def batch(self, account_id: str, batch_id: str) -> BatchState | None:
         b = self.batches.get(batch_id)
@@ -168,6 +177,7 @@ def idempotency_log(clock: FakeClock, in_flight: float = 60.0) -> IdempotencyLog
 
 class Ingest(SimpleNamespace):
     app: FastAPI
+    submitter: Submitter
     clock: FakeClock
     view: View
     publisher: Publisher
@@ -191,13 +201,15 @@ def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any
             raise PublishError("KafkaConnectionError")
         broadcasts.append((account_id, batch_id, action))
 
+    submitter = Submitter(view, publisher, clock, idem, scanning)
     routers = [
         manage_router(view, Projection(), publisher, clock),  # type: ignore[arg-type]
-        sendgrid_router(view, writer, broadcast, publisher, clock, view, **sendgrid),
+        sendgrid_router(view, writer, broadcast, submitter, clock, **sendgrid),
     ]
-    app = create_app(publisher, clock, view, None, idem, routers, scanning)
+    app = create_app(submitter, view, publisher.ready, None, routers)
     return Ingest(
         app=app,
+        submitter=submitter,
         clock=clock,
         view=view,
         publisher=publisher,

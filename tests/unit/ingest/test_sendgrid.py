@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from services.ingest.compose import SubmitError
-from services.ingest.sendgrid import SENDGRID_HORIZON_SECONDS, personalize
+from services.ingest.compose import EmailRequest, SubmitError
+from services.ingest.schedule import ScheduleError
+from services.ingest.sendgrid import personalize
 
 NOW = 1_800_000_000.0
 
@@ -22,9 +23,15 @@ def body(**extra: Any) -> dict[str, Any]:
     }
 
 
+def judged(b: dict[str, Any]) -> list[tuple[EmailRequest, int | None]]:
+    """The messages of ``b`` with their due seconds, as the submission core judges them at
+    NOW (on a plan allowing any horizon: SendGrid's own 72 hours apply)."""
+    return [(req, w.check(NOW, 10**9) if w else None) for req, w in personalize(b)]
+
+
 def code_of(b: dict[str, Any]) -> tuple[str, str | None]:
-    with pytest.raises(SubmitError) as err:
-        personalize(b, NOW, SENDGRID_HORIZON_SECONDS)
+    with pytest.raises((SubmitError, ScheduleError)) as err:
+        judged(b)
     return err.value.code, err.value.field
 
 
@@ -33,14 +40,14 @@ def test_each_personalization_is_a_message_with_its_own_send_at() -> None:
     b["personalizations"].append(
         {"to": [{"email": "b@example.org"}], "subject": "other", "send_at": int(NOW) + 120}
     )
-    (first, due1), (second, due2) = personalize(b, NOW, SENDGRID_HORIZON_SECONDS)
+    (first, due1), (second, due2) = judged(b)
     assert (due1, due2) == (int(NOW) + 60, int(NOW) + 120)
     assert first.to == ["A <a@example.org>"] and first.subject == "s"
     assert second.subject == "other" and second.html == "<p>" and second.text == "hi"
 
 
 def test_no_send_at_is_an_immediate_send() -> None:
-    [(_, due)] = personalize(body(), NOW, SENDGRID_HORIZON_SECONDS)
+    [(_, due)] = judged(body())
     assert due is None
 
 

@@ -4,13 +4,13 @@ schedule headers, crashes on hostile bytes, reply length, the catch-all."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 from aiosmtpd.smtp import Envelope, Session
 
 from kairos.clock import FakeClock
-from kairos.refdata.plans import PLANS
 from schemas.events import Scheduled
 from schemas.reference import AccountState, BatchState, DomainState
 from services.ingest.smtp import (
@@ -20,6 +20,8 @@ from services.ingest.smtp import (
     smtp_reply,
     with_enhanced_status,
 )
+from services.ingest.submit import Submitter
+from services.reference.plans import PLANS
 
 NOW = 1_800_000_000.0
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -70,7 +72,10 @@ class FakeView:
     def batch(self, account_id: str, batch_id: str) -> BatchState | None:
         if batch_id != "b1":
             return None
-        return BatchState(occurred_at=EPOCH, account_id=ACCOUNT, batch_id="b1", created_at=EPOCH)
+        created = datetime.fromtimestamp(NOW - 3600, UTC)  # live: made an hour ago
+        return BatchState(
+            occurred_at=created, account_id=ACCOUNT, batch_id="b1", created_at=created
+        )
 
 
 class FakePublisher:
@@ -78,22 +83,19 @@ class FakePublisher:
         self.events: list[Scheduled] = []
         self.fail = fail
 
-    async def publish(self, event: Scheduled) -> None:
+    async def publish_many(self, events: Sequence[Scheduled]) -> None:
         if self.fail is not None:
             raise self.fail
-        self.events.append(event)
+        self.events.extend(events)
 
     def ready(self) -> bool:
         return True
 
 
 def handler(publisher: FakePublisher | None = None, plan: str = "pro") -> SubmissionHandler:
-    return SubmissionHandler(
-        FakeView(plan),  # type: ignore[arg-type]
-        publisher or FakePublisher(),
-        FakeClock(NOW),
-        None,
-    )
+    view = FakeView(plan)
+    submitter = Submitter(view, publisher or FakePublisher(), FakeClock(NOW))  # type: ignore[arg-type]
+    return SubmissionHandler(view, submitter)
 
 
 def msg(headers: bytes = b"", sender: bytes = b"hello@example.com", body: bytes = b"hi") -> bytes:
@@ -110,8 +112,7 @@ async def submit(
     h: SubmissionHandler | None = None,
 ) -> tuple[str, list[Scheduled]]:
     """DATA as aiosmtpd hands it over: the reply and what was published."""
-    publisher = FakePublisher()
-    h = h or handler(publisher)
+    h = h or handler()
     session = Session(loop=None)
     session.auth_data = ACCOUNT
     envelope = Envelope()
@@ -121,7 +122,8 @@ async def submit(
     reply = await h.handle_DATA(None, session, envelope)
     assert not LEAK.search(reply), reply
     assert len(reply) <= 510
-    return reply, publisher.events if isinstance(h.publisher, FakePublisher) else []
+    publisher = h.submitter.publisher
+    return reply, publisher.events if isinstance(publisher, FakePublisher) else []
 
 
 def head(reply: str) -> str:

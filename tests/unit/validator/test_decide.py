@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from schemas.events import Due, MessageContent
-from services.validator.decide import (
-    AccountFacts,
-    Approved,
-    Rejected,
-    decide,
-)
+from schemas.reference import AccountState, DomainState, Plan, SuppressionState
+from services.validator.decide import Approved, Rejected, decide
 
 T = 1_800_000_000
-PRO = AccountFacts(
-    active=True,
+EPOCH = datetime.fromtimestamp(T - 86400, UTC)
+PRO = Plan(
+    name="pro",
     max_recipients=50,
     max_message_bytes=10_000_000,
     max_horizon_seconds=30 * 86400,
@@ -25,20 +23,44 @@ PRO = AccountFacts(
 )
 
 
+def account(plan: Plan = PRO, status: str = "active") -> AccountState:
+    return AccountState(
+        occurred_at=EPOCH,
+        account_id="acc",
+        name="acc",
+        status=status,  # type: ignore[arg-type]
+        plan=plan,
+        created_at=EPOCH,
+    )
+
+
 @dataclass
 class Ref:
-    facts: dict[str, AccountFacts] = field(default_factory=lambda: {"acc": PRO})
+    """Reference data as the rules read it: accounts, verified domains, suppressions."""
+
+    accounts: dict[str, AccountState] = field(default_factory=lambda: {"acc": account()})
     verified: set[tuple[str, str]] = field(default_factory=lambda: {("acc", "x.test")})
     suppressed: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def account_facts(self, account_id: str) -> AccountFacts | None:
-        return self.facts.get(account_id)
+    def account(self, account_id: str) -> AccountState | None:
+        return self.accounts.get(account_id)
 
-    def domain_verified(self, account_id: str, domain: str) -> bool:
-        return (account_id, domain) in self.verified
+    def domain(self, account_id: str, domain: str) -> DomainState | None:
+        if (account_id, domain) not in self.verified:
+            return None
+        return DomainState(
+            occurred_at=EPOCH, account_id=account_id, domain=domain, verified=True,
+            changed_at=EPOCH,
+        )  # fmt: skip
 
-    def suppression_reason(self, account_id: str, address: str) -> str | None:
-        return self.suppressed.get((account_id, address))
+    def suppression(self, account_id: str, address: str) -> SuppressionState | None:
+        reason: Any = self.suppressed.get((account_id, address))
+        if reason is None:
+            return None
+        return SuppressionState(
+            occurred_at=EPOCH, account_id=account_id, address=address, reason=reason,
+            added_at=EPOCH,
+        )  # fmt: skip
 
 
 def due(
@@ -79,28 +101,29 @@ def test_recipient_suppressed_after_scheduling() -> None:
 
 
 def test_account_disabled_or_unknown() -> None:
-    out = decide(due(), Ref(facts={"acc": replace(PRO, active=False)}))
+    out = decide(due(), Ref(accounts={"acc": account(status="disabled")}))
     assert isinstance(out, Rejected) and out.reason == "account_disabled"
-    out = decide(due(), Ref(facts={}))
+    out = decide(due(), Ref(accounts={}))
     assert isinstance(out, Rejected) and out.reason == "account_unknown"
 
 
 @pytest.mark.parametrize(
-    ("facts", "message"),
+    ("plan", "message"),
     [
-        (replace(PRO, max_recipients=1), due(("b@y.test", "c@y.test"))),
-        (replace(PRO, max_message_bytes=99), due(size=100)),
-        (replace(PRO, max_horizon_seconds=3599), due(ahead=3600)),
-        (replace(PRO, scheduling_allowed=False), due(ahead=3600)),
+        (PRO.model_copy(update={"max_recipients": 1}), due(("b@y.test", "c@y.test"))),
+        (PRO.model_copy(update={"max_message_bytes": 99}), due(size=100)),
+        (PRO.model_copy(update={"max_horizon_seconds": 3599}), due(ahead=3600)),
+        (PRO.model_copy(update={"scheduling_allowed": False}), due(ahead=3600)),
     ],
     ids=["recipients", "size", "horizon", "scheduling"],
 )
-def test_downgraded_plan_no_longer_covers_the_message(facts: AccountFacts, message: Due) -> None:
-    out = decide(message, Ref(facts={"acc": facts}))
+def test_downgraded_plan_no_longer_covers_the_message(plan: Plan, message: Due) -> None:
+    out = decide(message, Ref(accounts={"acc": account(plan)}))
     assert isinstance(out, Rejected) and out.reason == "plan_insufficient"
 
 
 def test_a_retry_is_not_rejected_for_its_own_backoff() -> None:
-    facts = replace(PRO, max_horizon_seconds=60, scheduling_allowed=False)
-    assert isinstance(decide(due(ahead=7200, attempt=3), Ref(facts={"acc": facts})), Approved)
-    assert isinstance(decide(due(ahead=0), Ref(facts={"acc": facts})), Approved)
+    plan = PRO.model_copy(update={"max_horizon_seconds": 60, "scheduling_allowed": False})
+    ref = Ref(accounts={"acc": account(plan)})
+    assert isinstance(decide(due(ahead=7200, attempt=3), ref), Approved)
+    assert isinstance(decide(due(ahead=0), ref), Approved)

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from kairos.refdata import commands as cmd
-from kairos.refdata.commands import RefError
-from kairos.refdata.view import ReferenceState, key_hash
 from schemas.codec import encode
+from services.reference import commands as cmd
+from services.reference.commands import RefError
+from services.reference.view import ReferenceState, key_hash
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from kairos.clock import Clock, to_datetime
-from kairos.refdata import commands as cmd
-from kairos.refdata.commands import RefError
-from kairos.refdata.view import ReferenceView
-from kairos.refdata.writer import ReferenceWriter
 from schemas.reference import AccountState, SuppressionReason
+from services.reference import commands as cmd
+from services.reference.commands import RefError
+from services.reference.view import ReferenceView
+from services.reference.writer import ReferenceWriter
 
 
 class AccountIn(BaseModel):

@@ -12,8 +12,6 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from kairos.refdata.plans import DEFAULT_PLAN, PLANS
-from kairos.refdata.view import ReferenceState, key_hash
 from schemas.reference import (
     AccountState,
     ApiKeyState,
@@ -23,6 +21,8 @@ from schemas.reference import (
     domain_key,
     suppression_key,
 )
+from services.reference.plans import DEFAULT_PLAN, PLANS
+from services.reference.view import ReferenceState, key_hash
 
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)([a-z0-9-]{1,63}(?<!-)\.)+[a-z][a-z0-9-]{0,62}$")
 _LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")

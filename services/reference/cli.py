@@ -10,8 +10,8 @@ from typing import Any
 import click
 import httpx
 
-from kairos.refdata.token import admin_token
 from kairos.settings import KairosSettings
+from kairos.token import admin_token
 
 
 class Admin:

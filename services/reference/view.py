@@ -24,7 +24,7 @@ from schemas.reference import (
     SuppressionState,
 )
 
-log = get_logger("kairos.refdata")
+log = get_logger("services.reference")
 
 REFERENCE_TOPICS = ("accounts", "api-keys", "domains", "suppressions", "batches")
 

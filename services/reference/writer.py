@@ -7,10 +7,10 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from kairos.refdata.commands import Record
-from kairos.refdata.view import ReferenceView
 from kairos.settings import KairosSettings
 from schemas.codec import encode
+from services.reference.commands import Record
+from services.reference.view import ReferenceView
 
 
 class ReferenceWriter:

@@ -1,0 +1,242 @@
+"""The submission use case: the one place that decides whether mail is accepted.
+
+Every front door (``POST /email``, SendGrid's ``/v3/mail/send``, SMTP, and the ones to come)
+only reads its protocol into a :class:`Submission` (who, the messages as :class:`Draft`s, when,
+batch, idempotency key) and formats the :class:`Accepted` or the :class:`SubmitError` that
+:meth:`Submitter.submit` returns as its protocol's answer. The rules live here, once:
+
+1. the account may submit (:mod:`services.reference.rules`, the validator's rules too);
+2. an idempotency key is claimed: a retry of the same request is answered as the first one
+   was (even after its time has passed), another request with the key is refused;
+3. the plan allows scheduling, each time is in the future and within the door's and the
+   plan's horizon, a batch id is a live batch of the account;
+4. each message is composed under its id, checked (size, domain, recipients, suppressions)
+   and scanned;
+5. the messages are published together, all or nothing (one Kafka transaction), and only
+   before the idempotency claim expires;
+6. the claim is completed once everything is durable, released when nothing is.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+from kairos.clock import Clock, to_datetime
+from kairos.logging import get_logger
+from kairos.metrics import count
+from schemas.events import MessageContent, Scheduled
+from schemas.reference import AccountState, BatchState
+from services.ingest.checks import check_account, check_message, horizon_of
+from services.ingest.compose import SubmitError
+from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
+from services.ingest.publish import PublishError
+from services.ingest.scanners import Scanning
+from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, When
+from services.reference.rules import Reference
+
+log = get_logger("kairos.ingest")
+
+#: A batch id is valid this long after it was created (SendGrid's rule).
+BATCH_VALIDITY = timedelta(days=10)
+
+Source = Literal["http", "smtp", "sendgrid"]
+
+
+class Batches(Protocol):
+    def batch(self, account_id: str, batch_id: str) -> BatchState | None: ...
+
+
+class Lookup(Reference, Batches, Protocol):
+    """The reference data a submission is judged against."""
+
+
+class Publisher(Protocol):
+    """Writes the events of one submission all or nothing; PublishError when it did not."""
+
+    async def publish_many(self, events: Sequence[Scheduled]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Draft:
+    """One message as a front door read it: its content, composed under the message id it is
+    given, and the time it asks for (None: send now)."""
+
+    content: Callable[[str], MessageContent]
+    when: When | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One request: every message in it is accepted, or none is.
+
+    ``digest`` fingerprints the request for its idempotency key: a retry with the key and the
+    same digest is a replay, with another digest a mismatch. ``dry_run``: judge everything,
+    publish nothing (SendGrid's sandbox mode)."""
+
+    account: AccountState | None
+    source: Source
+    drafts: Sequence[Draft]
+    batch_id: str | None = None
+    idempotency_key: str | None = None
+    digest: str = ""
+    dry_run: bool = False
+
+    @property
+    def scheduled(self) -> bool:
+        return any(d.when is not None for d in self.drafts)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The messages of an accepted submission: their ids and due seconds (None: sent now), in
+    the order of its drafts. ``replayed``: the answer to an earlier request with the key."""
+
+    ids: list[str]
+    dues: list[int | None]
+    replayed: bool = False
+
+    def record(self) -> dict[str, Any]:
+        """What the idempotency log keeps of it."""
+        return {"ids": self.ids, "dues": self.dues}
+
+    @classmethod
+    def replay(cls, record: dict[str, Any]) -> Accepted:
+        return cls(list(record["ids"]), list(record["dues"]), replayed=True)
+
+
+def live_batch(ref: Batches, account_id: str, batch_id: str, now: float) -> BatchState | None:
+    """The account's batch ``batch_id`` if it exists and has not expired (pure)."""
+    batch = ref.batch(account_id, batch_id)
+    if batch is None or to_datetime(now) - batch.created_at > BATCH_VALIDITY:
+        return None
+    return batch
+
+
+class Submitter:
+    """:meth:`submit`, over the reference data, the publisher, the clock, the idempotency log
+    and the scanners."""
+
+    def __init__(
+        self,
+        ref: Lookup,
+        publisher: Publisher,
+        clock: Clock,
+        idempotency: IdempotencyLog | None = None,
+        scanning: Scanning | None = None,
+    ) -> None:
+        self.ref, self.publisher, self.clock = ref, publisher, clock
+        self.idempotency, self.scanning = idempotency, scanning
+
+    async def submit(self, submission: Submission) -> Accepted:
+        """Accept every message of ``submission`` durably, or raise SubmitError (a stable
+        code; status 503 for "retry later")."""
+        now = self.clock.now()
+        account = check_account(submission.account)
+        key = submission.idempotency_key
+        first_id = str(uuid.uuid4())
+        if key is not None and not 1 <= len(key) <= MAX_KEY_LENGTH:
+            raise SubmitError(
+                "INVALID_IDEMPOTENCY_KEY", f"1 to {MAX_KEY_LENGTH} characters", "Idempotency-Key"
+            )
+        if key is None or self.idempotency is None:
+            return await self._accept(account, submission, now, first_id, None)
+        decision = await self.idempotency.claim(
+            account.account_id, key, submission.digest, first_id
+        )
+        if decision.kind == "replay" and decision.response is not None:
+            return Accepted.replay(decision.response)
+        if decision.kind == "mismatch":
+            raise SubmitError(
+                "IDEMPOTENCY_BODY_MISMATCH",
+                "this key was used with a different request",
+                "Idempotency-Key",
+                409,
+            )
+        if decision.kind != "proceed":
+            raise SubmitError(
+                "IDEMPOTENCY_IN_FLIGHT",
+                "a request with this key is still in flight",
+                "Idempotency-Key",
+                409,
+            )
+        try:
+            accepted = await self._accept(account, submission, now, first_id, decision.expires_at)
+        except BaseException:
+            await self.idempotency.release(account.account_id, key, first_id)
+            raise
+        await self.idempotency.complete(account.account_id, key, first_id, accepted.record())
+        return accepted
+
+    async def _accept(
+        self,
+        account: AccountState,
+        submission: Submission,
+        now: float,
+        first_id: str,
+        deadline: float | None,
+    ) -> Accepted:
+        """Judge, compose, check, scan and publish. ``deadline``: when the idempotency claim
+        stops holding its key; past it another request may hold the key, so this one must not
+        publish."""
+        if not submission.drafts:
+            raise SubmitError("MISSING_RECIPIENT", "nothing to send", "to")
+        try:
+            horizon = horizon_of(account, submission.scheduled, MAX_HORIZON_SECONDS)
+            dues = [d.when.check(now, horizon) if d.when else None for d in submission.drafts]
+        except ScheduleError as exc:
+            raise SubmitError(exc.code, exc.message, exc.field) from exc
+        batch_id = submission.batch_id
+        if batch_id is not None and live_batch(self.ref, account.account_id, batch_id, now) is None:
+            raise SubmitError(
+                "INVALID_BATCH_ID",
+                "invalid batch id (unknown, expired, or another account's); create one with "
+                "POST /v3/mail/batch",
+                "batch_id",
+            )
+        ids = [first_id, *(str(uuid.uuid4()) for _ in submission.drafts[1:])]
+        contents = [d.content(mid) for d, mid in zip(submission.drafts, ids, strict=True)]
+        for content in contents:
+            check_message(account, content, self.ref)
+        if self.scanning is not None:
+            scanned: set[bytes] = set()
+            for content in contents:
+                raw = content.raw()
+                if raw not in scanned:
+                    scanned.add(raw)
+                    await self.scanning.check(raw)
+        accepted = Accepted(ids, dues)
+        if submission.dry_run:
+            return accepted
+        events = [
+            Scheduled(
+                occurred_at=to_datetime(now),
+                account_id=account.account_id,
+                message_id=mid,
+                due_at=due if due is not None else int(now),
+                submitted_at=to_datetime(now),
+                source=submission.source,
+                batch_id=batch_id,
+                content=content,
+            )
+            for mid, due, content in zip(ids, dues, contents, strict=True)
+        ]
+        if deadline is not None and self.clock.now() >= deadline:
+            raise SubmitError(
+                "IDEMPOTENCY_CLAIM_EXPIRED",
+                "the request took longer than its idempotency claim holds; retry",
+                "Idempotency-Key",
+                503,
+            )
+        try:
+            await self.publisher.publish_many(events)
+        except PublishError as exc:
+            log.warning("publish failed", message_id=first_id, error=str(exc))
+            raise SubmitError(
+                "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
+            ) from exc
+        count("ingest", "scheduled", len(events))
+        return accepted

@@ -25,12 +25,13 @@ from typing import Any, NamedTuple
 from aiokafka.admin import NewTopic
 
 from bench import cpu
-from bench.harness import TopicWatch, spawn
+from bench.harness import TopicWatch
 from bench.load import paced, produce, spread, thin
 from bench.load import rate as rate_of
 from kairos.kafka.clients import make_admin
 from kairos.kafka.local import LocalKafka
 from kairos.settings import KairosSettings
+from kairos.supervisor import spawn
 
 #: hops of the measured path: the burst starts at the schedule stream, so
 #: schedule -> timer -> due -> validator -> dispatch -> sender -> outcomes is three

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -31,31 +30,12 @@ from kairos.kafka.clients import make_admin, make_consumer
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
+from kairos.supervisor import Supervisor, spawn
 
 if TYPE_CHECKING:
     from bench.mta import SmtpSink
 
 ADMIN_TOKEN = "adm_bench"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def spawn(
-    args: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a child process that is killed when the bench exits, however it exits."""
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
-        list(args),
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
 
 
 def free_port() -> int:
@@ -167,7 +147,6 @@ class Pipeline:
     relay: str = "python"
     extra_env: dict[str, str] = field(default_factory=dict)
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kairos-bench-")))
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ports = {
@@ -196,6 +175,7 @@ class Pipeline:
             "KAIROS_TIMER_INSTANCE_ID": f"{self.prefix}timer-0",
             **self.extra_env,
         }
+        self.supervisor = Supervisor(self.env, self.base)
         from bench.mta import SmtpSink  # bench.mta uses this module's spawn
 
         self.sink: CountingSink | SmtpSink = (
@@ -216,41 +196,24 @@ class Pipeline:
         await apply_topics(self.settings, self.bootstrap)
         self.sink.start()
 
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.supervisor.procs
+
     def start(self, *services: str) -> None:
         """Start services, each as ``python -m services.<service>``; wait until healthy."""
         for service in services:
-            env = dict(self.env)
-            if service != "ingest":
-                env["KAIROS_HEALTH_PORT"] = str(self.ports[service])
-            self.procs[service] = spawn(
-                [sys.executable, "-m", f"services.{service}"],
-                env=env,
-                log=self.base / f"{service}.log",
-            )
+            env = {} if service == "ingest" else {"KAIROS_HEALTH_PORT": str(self.ports[service])}
+            self.supervisor.start(service, env=env, port=self.ports[service])
         for service in services:
             self.wait_healthy(service)
 
     def wait_healthy(self, service: str, timeout: float = 300) -> float:
         """Seconds until ``/healthz`` of ``service`` answers 200."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.procs[service].poll() is not None:
-                raise RuntimeError(f"{service} exited; see {self.base / (service + '.log')}")
-            with contextlib.suppress(httpx.HTTPError):
-                r = httpx.get(f"http://127.0.0.1:{self.ports[service]}/healthz", timeout=2)
-                if r.status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.05)
-        raise RuntimeError(f"{service} not healthy after {timeout}s")
+        return self.supervisor.wait_healthy(service, timeout)
 
     def kill(self, service: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(service)
-        proc.send_signal(sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        self.supervisor.stop(service, sig, timeout=15)
 
     def create_account(self) -> tuple[str, str]:
         """A pro account with a verified domain ``bench.test``: (account id, API key)."""
@@ -274,10 +237,10 @@ class Pipeline:
 
     def pause(self, service: str) -> None:
         """SIGSTOP a service (its input piles up while it is stopped)."""
-        self.procs[service].send_signal(signal.SIGSTOP)
+        self.supervisor.send(service, signal.SIGSTOP)
 
     def resume(self, service: str) -> None:
-        self.procs[service].send_signal(signal.SIGCONT)
+        self.supervisor.send(service, signal.SIGCONT)
 
     def rss(self, service: str) -> int:
         return rss_of(self.procs[service].pid)

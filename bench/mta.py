@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu
-from bench.harness import spawn, wait_port
+from bench.harness import wait_port
+from kairos.supervisor import spawn
 
 DIRS = ("/usr/sbin", "/usr/lib/postfix/sbin", "/usr/libexec/postfix", "/usr/local/sbin")
 

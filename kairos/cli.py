@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -16,9 +15,8 @@ from kairos.deploy import deploy
 from kairos.kafka.cli import kafka
 from kairos.logging import configure, get_logger
 from kairos.settings import KairosSettings
+from kairos.supervisor import SERVICES, Supervisor, service_command
 from schemas.registry import DEAD_LETTER
-
-SERVICES = ("ingest", "timer", "validator", "sender")
 
 log = get_logger("kairos.cli")
 
@@ -60,13 +58,6 @@ def run(service: str) -> None:
         )
         return
     os.execv(sys.executable, [sys.executable, *service_command(service)])
-
-
-def service_command(service: str) -> list[str]:
-    """The interpreter arguments that run ``service``."""
-    if service == "sink":
-        return ["-m", "kairos.cli", "run", "sink"]
-    return ["-m", f"services.{service}"]
 
 
 @main.group()
@@ -155,14 +146,10 @@ def dead_letter_replay(event_ids: tuple[str, ...], everything: bool, stage: str 
     click.echo(f"replayed {n} record(s) onto their origin topics")
 
 
-def _spawn(service: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *service_command(service)], env=env)
-
-
 DEMO_DOMAIN = "demo.kairos.test"
 
 
-def _seed_demo(settings: KairosSettings, procs: dict[str, subprocess.Popen[bytes]]) -> Any:
+def _seed_demo(settings: KairosSettings, supervisor: Supervisor) -> Any:
     """The demo account (created on first start, remembered in <state_dir>/demo.json)."""
     import json
 
@@ -173,7 +160,7 @@ def _seed_demo(settings: KairosSettings, procs: dict[str, subprocess.Popen[bytes
     http = f"http://{settings.http_host}:{settings.http_port}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if procs["ingest"].poll() is not None:
+        if "ingest" in supervisor.exited():
             raise click.ClickException("ingest exited during start-up")
         try:
             if httpx.get(f"{http}/healthz", timeout=2).status_code == 200:
@@ -210,8 +197,8 @@ def _seed_demo(settings: KairosSettings, procs: dict[str, subprocess.Popen[bytes
 @main.command()
 def up() -> None:
     """Run the whole pipeline on the embedded default: the local broker (unless
-    KAIROS_KAFKA_BOOTSTRAP is set), the dev SMTP sink and all four services. Ctrl-C stops
-    all of it."""
+    KAIROS_KAFKA_BOOTSTRAP is set), the dev SMTP sink and all four services, each restarted
+    (with backoff) if it dies. Ctrl-C stops all of it."""
     from kairos.kafka.local import LocalKafka
     from kairos.kafka.topics import apply_topics
 
@@ -223,8 +210,9 @@ def up() -> None:
     for r in asyncio.run(apply_topics(settings, bootstrap)):
         if r.action != "ok":
             click.echo(f"topic {r.action}: {r.name} {r.detail}")
-    env = {**os.environ, "KAIROS_KAFKA_BOOTSTRAP": bootstrap}
-    procs = {name: _spawn(name, env) for name in ("sink", *SERVICES)}
+    supervisor = Supervisor({**os.environ, "KAIROS_KAFKA_BOOTSTRAP": bootstrap})
+    for name in ("sink", *SERVICES):
+        supervisor.start(name)
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -233,9 +221,8 @@ def up() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    code = 0
     try:
-        demo = _seed_demo(settings, procs)
+        demo = _seed_demo(settings, supervisor)
         http = f"http://{settings.http_host}:{settings.http_port}"
         smtp = f"{settings.smtp_host}:{settings.smtp_port}"
         click.echo(
@@ -256,26 +243,15 @@ def up() -> None:
             '--add-header "X-Scheduled-At: $(($(date +%s)+10))"\n'
         )
         while not stopping:
-            dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
-            if dead:
-                click.echo(f"service exited: {dead}; stopping the rest", err=True)
-                code = 1
-                break
+            dead = supervisor.exited()
+            for name in supervisor.restart_exited(time.monotonic()):
+                click.echo(f"{name} exited ({dead.get(name)}); restarted", err=True)
             time.sleep(0.2)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.time() + 20
-        for p in procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        supervisor.stop_all()
         if started_broker:
             LocalKafka.from_settings(settings).stop()
         click.echo("stopped")
-    sys.exit(code)
 
 
 main.add_command(kafka)

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from kairos.kafka.local import LocalKafka
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
+from kairos.supervisor import ServiceFailed, Supervisor
 from schemas.codec import encode
 from schemas.events import MessageEvent
 
@@ -47,16 +46,24 @@ def free_port() -> int:
 
 @dataclass
 class Stack:
-    """Settings for one test's pipeline, and the processes running it."""
+    """Settings for one test's pipeline, and the processes running it (each service as its
+    own process under :class:`kairos.supervisor.Supervisor`, as ``kairos up`` runs them)."""
 
     settings: KairosSettings
     env: dict[str, str]
     outbox: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: Path | None = None
     #: the API key of the account ``create_account`` made last (the pipeline's default)
     api_key: str = ""
     account_id: str = ""
+    supervisor: Supervisor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.env, self.logs)
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return self.supervisor.procs
 
     def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         """Call the admin API of this stack's ingest."""
@@ -103,64 +110,33 @@ class Stack:
         own state dir, given in ``env``, and its own health port)."""
         if f"_PORT_{name}" not in self.env:
             self.env[f"_PORT_{name}"] = str(free_port())
-        full = dict(self.env)
+        extra = dict(env or {})
         if service in ("timer", "validator", "sender"):
-            full["KAIROS_HEALTH_PORT"] = str(self.health_port(name))
-        full.update(env or {})
-        assert self.logs is not None
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed by the OS
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "kairos.cli", "run", service],
-            env=full,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+            extra.setdefault("KAIROS_HEALTH_PORT", str(self.health_port(name)))
+        if service == "sink":
+            port = self.settings.sink_port
+        elif service == "ingest":
+            port = int(extra.get("KAIROS_HTTP_PORT", self.settings.http_port))
+        else:
+            port = int(extra["KAIROS_HEALTH_PORT"])
+        self.supervisor.start(name, service, extra, port)
         if wait:
             self.wait_healthy(name)
 
     def wait_healthy(self, service: str, timeout: float = 90.0) -> None:
-        if service == "sink":
-            port = self.settings.sink_port
-        elif service.startswith("ingest"):
-            port = self.settings.http_port
-        else:
-            port = self.health_port(service)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.procs[service]
-            if proc.poll() is not None:
-                raise AssertionError(f"{service} exited {proc.returncode}: {self.tail(service)}")
-            try:
-                if service == "sink":
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        return
-                elif httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{service} not healthy in {timeout}s: {self.tail(service)}")
+        try:
+            self.supervisor.wait_healthy(service, timeout)
+        except ServiceFailed as exc:
+            raise AssertionError(str(exc)) from exc
 
     def tail(self, service: str, lines: int = 30) -> str:
-        assert self.logs is not None
-        path = self.logs / f"{service}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.supervisor.tail(service, lines)
 
     def stop(self, service: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        proc = self.procs.pop(service)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return self.supervisor.stop(service, sig, timeout)
 
     def stop_all(self) -> None:
-        for service in list(self.procs):
-            self.stop(service)
+        self.supervisor.stop_all(timeout=30)
 
 
 def own_broker(state_dir: Path, heap: str = "384m") -> LocalKafka:

@@ -53,7 +53,7 @@ bench: install
 bench-quick:
 	@$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"
 
-## chaos: the full fault trials (broker down 60 s, frozen 30 s, kill -9 of each service and of
+## chaos: the full fault trials (broker down 60 s and 120 s, frozen 30 s, kill -9 of each service and of
 ## the broker, under load) on a broker of their own; `make test` runs their short form.
 ## Tables in $(CHAOS_REPORT), logs under $(CHAOS_TMP); docs/operations.md says what is checked
 CHAOS_REPORT ?= .kairos/chaos-report.txt

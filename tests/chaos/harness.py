@@ -932,10 +932,11 @@ def start_stack(broker: LocalKafka, base: Path) -> Stack:
 
 
 def run_trial(
-    scenario: str, broker: LocalKafka, base: Path, config: TrialConfig
+    scenario: str, broker: LocalKafka, base: Path, config: TrialConfig, fault: str | None = None
 ) -> tuple[Report, str]:
-    """Run one scenario of :data:`FAULTS` on a fresh pipeline; the report and, when it
-    failed, the matching lines of the services' logs."""
+    """Run fault ``fault`` of :data:`FAULTS` (default: ``scenario``) on a fresh pipeline as the
+    trial named ``scenario``; the report and, when it failed, the matching lines of the
+    services' logs."""
     stack = start_stack(broker, base)
     try:
         trial = Trial(
@@ -947,7 +948,7 @@ def run_trial(
             load=LoadGenerator(stack.http, stack.api_key, config),
             fault=FaultLog(scenario),
         )
-        report = asyncio.run(_run(trial, FAULTS[scenario]))
+        report = asyncio.run(_run(trial, FAULTS[fault or scenario]))
     finally:
         stack.stop_all()
     evidence = log_evidence(stack) if report.failures else ""

@@ -45,10 +45,10 @@ TRIALS = LONG_FORM if long_trials() else SHORT_FORM
 @pytest.mark.timeout(900 if long_trials() else 300)
 @pytest.mark.parametrize("trial", list(TRIALS))
 def test_nothing_lost_under_fault(trial: str, chaos_broker: LocalKafka, tmp_path: Path) -> None:
-    scenario = trial.removesuffix("-120s")
-    assert scenario in FAULTS
+    fault = trial.removesuffix("-120s")
+    assert fault in FAULTS
     ensure_broker(chaos_broker)
-    report, evidence = run_trial(scenario, chaos_broker, tmp_path, TRIALS[trial])
+    report, evidence = run_trial(trial, chaos_broker, tmp_path, TRIALS[trial], fault)
     text = report.table() + (f"\n  log evidence:\n{evidence}" if evidence else "")
     print(text)
     (tmp_path / "report.txt").write_text(text + "\n")

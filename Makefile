@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed (set PYTHON=python3.11)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# setuptools tells every editable install to mind same-named folders: not news here
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -47,7 +48,7 @@ schemas: install
 
 ## bench: benchmarks against the raw broker (not part of make test); docs/bench.md
 bench: install
-	@$(BIN)/python -c 'import matplotlib, aiohttp' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@$(BIN)/python -c 'import matplotlib, aiohttp' 2>/dev/null || PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@bash scripts/with-broker.sh $(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick:

@@ -146,6 +146,8 @@ def dead_letter_replay(event_ids: tuple[str, ...], everything: bool, stage: str 
     click.echo(f"replayed {n} record(s) onto their origin topics")
 
 
+#: Restarts in a row (each within a minute of the last) after which ``kairos up`` gives up.
+RESTART_LIMIT = 5
 DEMO_DOMAIN = "demo.kairos.test"
 
 
@@ -221,6 +223,7 @@ def up() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    code = 0
     try:
         demo = _seed_demo(settings, supervisor)
         http = f"http://{settings.http_host}:{settings.http_port}"
@@ -244,14 +247,24 @@ def up() -> None:
         )
         while not stopping:
             dead = supervisor.exited()
-            for name in supervisor.restart_exited(time.monotonic()):
+            for name in supervisor.restart_exited(time.monotonic(), limit=RESTART_LIMIT):
                 click.echo(f"{name} exited ({dead.get(name)}); restarted", err=True)
+            failing = supervisor.failing(RESTART_LIMIT)
+            if failing:
+                click.echo(
+                    f"{', '.join(failing)} kept dying ({RESTART_LIMIT} restarts in a row); "
+                    "stopping everything",
+                    err=True,
+                )
+                code = 1
+                break
             time.sleep(0.2)
     finally:
         supervisor.stop_all()
         if started_broker:
             LocalKafka.from_settings(settings).stop()
         click.echo("stopped")
+    sys.exit(code)
 
 
 main.add_command(kafka)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -41,11 +42,17 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def spawn(
-    args: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    quiet: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start a child process that is killed when this process exits, however it exits; its
-    output appended to ``log`` (discarded without one)."""
-    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+    output appended to ``log``; without one, discarded (``quiet``) or on this process's own
+    output."""
+    out: Any = None if log is None and not quiet else subprocess.DEVNULL
+    if log is not None:
+        out = open(log, "ab")  # noqa: SIM115
     try:
         return subprocess.Popen(
             list(args),
@@ -56,7 +63,7 @@ def spawn(
         )
     finally:
         if log is not None:
-            out.close()  # type: ignore[union-attr]
+            out.close()
 
 
 class ServiceFailed(RuntimeError):
@@ -81,7 +88,8 @@ class Child:
 @dataclass
 class Supervisor:
     """Kairos's services as child processes. ``env``: every child's base environment;
-    ``logs``: where each child's output goes (``<logs>/<name>.log``)."""
+    ``logs``: where each child's output goes (``<logs>/<name>.log``); without it, to this
+    process's output (``kairos up`` in a terminal)."""
 
     env: Mapping[str, str]
     logs: Path | None = None
@@ -108,7 +116,7 @@ class Supervisor:
         service = service or name
         full = {**self.env, **(env or {})}
         argv = list(args) if args is not None else [sys.executable, *service_command(service)]
-        proc = spawn(argv, full, self.log_of(name))
+        proc = spawn(argv, full, self.log_of(name), quiet=False)
         self.children[name] = Child(service, argv, full, port, proc)
         return proc
 
@@ -168,22 +176,34 @@ class Supervisor:
             if child.proc.poll() is not None
         }
 
-    def restart_exited(self, now: float, backoff: float = 1.0, most: float = 60.0) -> list[str]:
+    def failing(self, limit: int) -> list[str]:
+        """Children that exited again after ``limit`` restarts in a row: they keep dying."""
+        return [
+            name
+            for name, child in self.children.items()
+            if child.restarts >= limit and child.proc.poll() is not None
+        ]
+
+    def restart_exited(
+        self, now: float, backoff: float = 1.0, most: float = 60.0, limit: int | None = None
+    ) -> list[str]:
         """Restart every child that exited, each no sooner than its backoff allows: doubling
         from ``backoff`` to ``most`` seconds with each restart in a row, and from ``backoff``
-        again for one that had run ``most`` seconds. ``now``: ``time.monotonic()``. Returns the
-        names restarted."""
+        again for one that had run ``most`` seconds; none after ``limit`` restarts in a row
+        (see :meth:`failing`). ``now``: ``time.monotonic()``. Returns the names restarted."""
         restarted = []
         for name, child in list(self.children.items()):
             if child.proc.poll() is None:
                 continue
+            if child.next_restart == 0.0 and now - child.started >= most:
+                child.restarts = 0
+            if limit is not None and child.restarts >= limit:
+                continue
             if child.next_restart == 0.0:
-                if now - child.started >= most:
-                    child.restarts = 0
                 child.next_restart = now + min(most, backoff * 2**child.restarts)
             if now < child.next_restart:
                 continue
-            proc = spawn(child.args, child.env, self.log_of(name))
+            proc = spawn(child.args, child.env, self.log_of(name), quiet=False)
             self.children[name] = Child(
                 child.service,
                 child.args,

@@ -70,6 +70,24 @@ def test_a_dead_service_is_restarted_with_growing_backoff(tmp_path: Path) -> Non
     assert supervisor.restart_exited(later, backoff=1.0) == []
     assert supervisor.restart_exited(later + 1.9, backoff=1.0) == []  # 2 s the second time
     assert supervisor.restart_exited(later + 2.0, backoff=1.0) == ["flaky"]
+    supervisor.children["flaky"].proc.wait()
+    # two restarts in a row, the limit: it keeps dying, and is left alone
+    assert supervisor.failing(limit=2) == ["flaky"]
+    assert supervisor.restart_exited(later + 100, backoff=1.0, limit=2) == []
+    supervisor.stop_all(timeout=5)
+
+
+def test_a_service_that_ran_a_while_starts_its_backoff_afresh(tmp_path: Path) -> None:
+    supervisor = Supervisor({}, tmp_path)
+    supervisor.start("once", args=python("raise SystemExit(1)"))
+    child = supervisor.children["once"]
+    child.proc.wait()
+    child.restarts, child.started = 4, time.monotonic() - 120  # it had run two minutes
+    now = time.monotonic()
+    assert supervisor.failing(limit=4) == ["once"]
+    assert supervisor.restart_exited(now, backoff=1.0, most=60.0, limit=4) == []  # 1 s first
+    assert supervisor.restart_exited(now + 1.0, backoff=1.0, most=60.0, limit=4) == ["once"]
+    assert supervisor.children["once"].restarts == 1
     supervisor.stop_all(timeout=5)
 
 

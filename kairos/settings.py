@@ -104,6 +104,13 @@ class KairosSettings(BaseSettings):
         description="Batch ids (POST /v3/mail/batch) an account may hold open at once (a batch "
         "id is open for 10 days after it was created); past it 429 BATCH_LIMIT.",
     )
+    lifecycle_retention: float = Field(
+        default=30 * 86400,
+        gt=0,
+        description="Seconds a settled message (delivered, failed, cancelled) stays in the "
+        "lifecycle projection after its last event; then it and its timeline are pruned, as "
+        "the outcomes topic forgets it (30 days), so a rebuilt replica agrees with an old one.",
+    )
     lifecycle_db: Path | None = Field(
         default=None,
         description="SQLite file of the ingest's lifecycle projection (message status and "

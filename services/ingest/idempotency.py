@@ -47,6 +47,8 @@ log = get_logger("kairos.ingest.idempotency")
 
 #: How long a completed key answers with its first response.
 TTL_SECONDS = 24 * 3600
+#: How often keys past their expiry are dropped from memory.
+SWEEP_EVERY = 60.0
 #: How long a claim whose request has not completed holds its key (the setting's default).
 IN_FLIGHT_SECONDS: float = KairosSettings.model_fields["idempotency_in_flight_timeout"].default
 MAX_KEY_LENGTH = 256
@@ -181,8 +183,25 @@ class IdempotencyLog:
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer))
 
+    def sweep(self, now: float) -> int:
+        """Forget the keys none of whose records holds any more at ``now`` (a record past its
+        expiry never decides anything): the in-memory log stays as large as one day of keys,
+        however long the replica runs. Returns how many keys were forgotten."""
+        gone = [
+            key
+            for key, records in self.records.items()
+            if all(r.expiry(TTL_SECONDS) <= now for r in records)
+        ]
+        for key in gone:
+            del self.records[key]
+        return len(gone)
+
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        swept = self.clock.now()
         while True:
+            if self.clock.now() - swept >= SWEEP_EVERY:
+                swept = self.clock.now()
+                self.sweep(swept)
             batch = await consumer.getmany(timeout_ms=50)
             for tp, records in batch.items():
                 for r in records:

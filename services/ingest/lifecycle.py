@@ -24,11 +24,13 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from kairos.clock import Clock, SystemClock
 from kairos.kafka.follow import Batch, LogFollower
 from kairos.logging import get_logger
 from kairos.settings import KairosSettings
@@ -202,6 +204,35 @@ class LifecycleStore:
                 db.execute("ROLLBACK")
                 raise
         return applied
+
+    def prune(self, now: float, retention: float) -> int:
+        """Forget settled messages whose last event is more than ``retention`` seconds before
+        ``now``, with their timelines. Returns how many."""
+        cutoff = datetime.fromtimestamp(now - retention, UTC).isoformat()
+        settled = tuple(s for s in STATUSES if _RANK[s] == 2)
+        marks = ",".join("?" * len(settled))
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS pruned (message_id TEXT PRIMARY KEY)"
+                )
+                db.execute("DELETE FROM pruned")
+                db.execute(
+                    f"INSERT INTO pruned SELECT message_id FROM messages WHERE status IN "
+                    f"({marks}) AND julianday(updated_at) < julianday(?)",
+                    (*settled, cutoff),
+                )
+                db.execute("DELETE FROM timeline WHERE message_id IN (SELECT * FROM pruned)")
+                gone = db.execute(
+                    "DELETE FROM messages WHERE message_id IN (SELECT * FROM pruned)"
+                ).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return gone
 
     def _fold(self, db: sqlite3.Connection, r: Record, ev: dict[str, Any]) -> bool:
         kind = ev.get("type")
@@ -509,11 +540,23 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 class LifecycleProjection(LogFollower):
     """A :class:`LifecycleStore` fed from Kafka in the background."""
 
-    def __init__(self, settings: KairosSettings, bootstrap: str, path: Path | str) -> None:
+    #: How often settled messages past their retention are pruned.
+    PRUNE_EVERY = 3600.0
+
+    def __init__(
+        self,
+        settings: KairosSettings,
+        bootstrap: str,
+        path: Path | str,
+        clock: Clock | None = None,
+    ) -> None:
         super().__init__(
             bootstrap, {settings.topic(t): t for t in LOGICAL_TOPICS}, max_poll_records=2000
         )
         self.store = LifecycleStore(path)
+        self.clock = clock or SystemClock()
+        self.retention = settings.lifecycle_retention
+        self._pruned_at = 0.0
 
     def start_offsets(self) -> dict[tuple[str, int], int]:
         return self.store.offsets()
@@ -525,6 +568,12 @@ class LifecycleProjection(LogFollower):
             for r in rs
         ]
         await asyncio.to_thread(self.store.apply, records)
+        now = self.clock.now()
+        if now - self._pruned_at >= self.PRUNE_EVERY:
+            self._pruned_at = now
+            gone = await asyncio.to_thread(self.store.prune, now, self.retention)
+            if gone:
+                log.info("settled messages pruned", count=gone, retention_s=self.retention)
 
     async def sync(self, limit: float = 2.0) -> bool:
         """Wait until everything in the followed topics now has been applied (read your

@@ -65,6 +65,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         settings,
         bootstrap,
         settings.lifecycle_db or settings.state_dir / f"lifecycle-{settings.http_port}.sqlite3",
+        clock,
     )
     writer = ReferenceWriter(producer, settings, view)
 

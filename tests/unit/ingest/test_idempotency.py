@@ -92,3 +92,29 @@ def test_records_of_old_replicas_and_garbage_decode_safely() -> None:
     assert Record.decode(b"not json") is None
     assert Record.decode(b'{"key":"k"}') is None
     assert Record.decode(None) is None
+
+
+def test_the_in_memory_log_forgets_keys_past_their_expiry() -> None:
+    """Bounded over months: a key is held in memory while one of its records can still decide
+    something (a completion is replayed for 24 h), and forgotten after."""
+    import asyncio
+
+    from kairos.clock import FakeClock
+    from tests.unit.ingest.fakes import idempotency_log
+
+    clock = FakeClock(NOW)
+    log = idempotency_log(clock)
+
+    async def run() -> None:
+        decision = await log.claim("acc", "k1", "h", "c1")
+        assert decision.kind == "proceed"
+        await log.complete("acc", "k1", "c1", {"ids": ["m"], "dues": [None]})
+        await log.claim("acc", "k2", "h", "c2")  # in flight, its request died
+        clock.advance(3600)
+        assert log.sweep(clock.now()) == 1  # k2's claim expired; k1 is still replayed
+        assert (await log.claim("acc", "k1", "h", "c3")).kind == "replay"
+        clock.advance(24 * 3600)
+        assert log.sweep(clock.now()) == 1 and log.records == {}
+        assert (await log.claim("acc", "k1", "h", "c4")).kind == "proceed"
+
+    asyncio.run(run())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -180,3 +181,26 @@ def test_the_subject_is_read_from_the_header_block_only() -> None:
     raw = base64.b64encode(b"Subject: b64\r\n\r\nx").decode()
     assert _subject({"mime": raw, "mime_encoding": "base64"}) == "b64"
     assert _subject({"mime": "X: y\r\n\r\nSubject: not a header"}) is None
+
+
+def test_settled_messages_are_pruned_after_their_retention_and_pending_ones_never() -> None:
+    """Bounded over months: a message delivered 31 days ago is forgotten with its timeline; one
+    delivered 29 days ago and one still pending (however old) are kept."""
+    log = Log()
+    day = 86400.0
+    now = datetime(2026, 12, 25, tzinfo=UTC).timestamp()
+
+    def at(days_ago: float) -> str:
+        return datetime.fromtimestamp(now - days_ago * day, UTC).isoformat()
+
+    for mid, days_ago in (("old", 31), ("recent", 29)):
+        log.scheduled(mid, 100)
+        log.event("outcomes", "delivered", mid, attempt=1, due_at=100, occurred_at=at(days_ago))
+    log.scheduled("pending", int(now + day), occurred_at=at(60))
+    assert log.store.prune(now, retention=30 * day) == 1
+    assert log.store.get(A, "old") is None
+    assert log.status("recent") == "delivered" and log.status("pending") == "scheduled"
+    rows = log.store._db.execute("SELECT DISTINCT message_id FROM timeline").fetchall()
+    assert sorted(r["message_id"] for r in rows) == ["pending", "recent"]
+    assert log.store.prune(now, retention=30 * day) == 0
+    assert log.store.prune(now + 2 * day, retention=30 * day) == 1  # now "recent" is old

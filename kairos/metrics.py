@@ -8,6 +8,14 @@
 * ``kairos_due_lateness_seconds`` — how long after its due second a message was emitted
   (timer) and relayed (``stage`` label: ``due`` or ``delivered``).
 * ``kairos_consumer_lag{service, topic, partition}`` — records not yet consumed.
+* ``kairos_timer_tick_seconds{partition}`` — the time of the last tick a timer partition
+  applied (a partition whose value stops moving is not firing anything).
+* ``kairos_relay_connections{state}`` — the sender's relay connections, ``busy`` or ``idle``.
+* ``kairos_smtp_replies_total{class}`` — the relay's final replies, by class (``2xx``, ``4xx``,
+  ``5xx``; ``unavailable`` for no reply at all).
+* ``kairos_pending_messages{due_in_hours}`` — pending messages falling due in each of the next
+  24 hours (``0``: within the hour; ingest, from its lifecycle projection).
+* ``kairos_dead_letters_total{stage, reason}`` — records set aside (kairos.kafka.deadletter).
 """
 
 from __future__ import annotations
@@ -35,6 +43,19 @@ LAG = Gauge(
     "kairos_consumer_lag",
     "Records behind the end of the partition",
     ["service", "topic", "partition"],
+)
+
+
+TICK = Gauge(
+    "kairos_timer_tick_seconds",
+    "Unix time of the last tick a timer partition applied",
+    ["partition"],
+)
+RELAY_CONNECTIONS = Gauge(
+    "kairos_relay_connections", "The sender's relay connections, busy or idle", ["state"]
+)
+SMTP_REPLIES = Counter(
+    "kairos_smtp_replies", "The relay's final replies to messages, by class", ["class"]
 )
 
 

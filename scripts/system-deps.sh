@@ -12,6 +12,8 @@ wanted=(
   "swaks:swaks"
   "clamav-daemon:/usr/sbin/clamd"
   "spamd:/usr/sbin/spamd"
+  # promtool checks the alerting rules (deploy/prometheus/rules.yaml)
+  "prometheus:promtool"
 )
 
 missing_packages() {

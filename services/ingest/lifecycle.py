@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kairos.clock import Clock, SystemClock
 from kairos.kafka.follow import Batch, LogFollower
@@ -70,6 +71,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_due ON messages (account_id, due_at, message_id);
 CREATE INDEX IF NOT EXISTS messages_by_batch ON messages (account_id, batch_id);
+CREATE INDEX IF NOT EXISTS messages_by_status ON messages (status, due_at);
 CREATE TABLE IF NOT EXISTS timeline (
     message_id TEXT NOT NULL,
     seq        INTEGER NOT NULL,
@@ -204,6 +206,21 @@ class LifecycleStore:
                 db.execute("ROLLBACK")
                 raise
         return applied
+
+    def pending_by_hour(self, now: float, hours: int = 24) -> list[int]:
+        """How many pending messages fall due in each of the next ``hours`` hours (index 0:
+        before ``now`` + 1 h, overdue ones included)."""
+        counts = [0] * hours
+        marks = ",".join("?" * len(PENDING))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT CAST((MAX(due_at, ?) - ?) / 3600 AS INTEGER) AS h, COUNT(*) AS n "
+                f"FROM messages WHERE status IN ({marks}) AND due_at < ? GROUP BY h",
+                (int(now), int(now), *PENDING, int(now) + hours * 3600),
+            ).fetchall()
+        for row in rows:
+            counts[min(max(row["h"], 0), hours - 1)] += row["n"]
+        return counts
 
     def prune(self, now: float, retention: float) -> int:
         """Forget settled messages whose last event is more than ``retention`` seconds before
@@ -574,6 +591,17 @@ class LifecycleProjection(LogFollower):
             gone = await asyncio.to_thread(self.store.prune, now, self.retention)
             if gone:
                 log.info("settled messages pruned", count=gone, retention_s=self.retention)
+
+    def collect(self) -> Iterator[Metric]:
+        """``kairos_pending_messages{due_in_hours}``, read from the store at each scrape."""
+        family = GaugeMetricFamily(
+            "kairos_pending_messages",
+            "Pending messages falling due in each of the next 24 hours",
+            labels=["due_in_hours"],
+        )
+        for hour, n in enumerate(self.store.pending_by_hour(self.clock.now())):
+            family.add_metric([str(hour)], n)
+        yield family
 
     async def sync(self, limit: float = 2.0) -> bool:
         """Wait until everything in the followed topics now has been applied (read your

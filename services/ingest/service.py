@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import uvicorn
+from prometheus_client import REGISTRY
 
 from kairos.clock import Clock
 from kairos.commands import broadcast_batch_command
@@ -67,6 +68,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         settings.lifecycle_db or settings.state_dir / f"lifecycle-{settings.http_port}.sqlite3",
         clock,
     )
+    REGISTRY.register(projection)  # kairos_pending_messages, read at each scrape
     writer = ReferenceWriter(producer, settings, view)
 
     async def broadcast(
@@ -116,6 +118,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             smtp_server.close()
             await smtp_server.wait_closed()
         await view.stop()
+        REGISTRY.unregister(projection)
         await projection.stop()
         await idempotency.stop()
         await transactions.stop()

@@ -7,6 +7,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 
+from kairos.metrics import RELAY_CONNECTIONS, SMTP_REPLIES
 from kairos.settings import KairosSettings
 from services.sender.smtp_client import (
     Outcome,
@@ -69,6 +70,10 @@ def relay_reply(outcome: Outcome) -> RelayReply:
     return RelayReply(final.code, rest, enhanced, refused)
 
 
+BUSY = RELAY_CONNECTIONS.labels("busy")
+IDLE = RELAY_CONNECTIONS.labels("idle")
+
+
 class RelayPool:
     """At most ``size`` open connections to the relay; each send borrows one."""
 
@@ -99,6 +104,7 @@ class RelayPool:
         failure or timeout is returned as a 421 transient reply, never raised."""
         async with self._slots:
             conn = self._idle.pop() if self._idle else None
+            BUSY.inc()
             try:
                 if conn is None:
                     conn = await SmtpConnection.open(self.relay)
@@ -106,13 +112,20 @@ class RelayPool:
             except SmtpUnavailable as exc:
                 if conn is not None:
                     conn.close()
+                SMTP_REPLIES.labels("unavailable").inc()
+                IDLE.set(len(self._idle))
                 return RelayReply(421, f"relay unavailable: {exc}", "4.4.1")
+            finally:
+                BUSY.dec()
             if conn.broken:
                 conn.close()
             else:
                 self._idle.append(conn)
+            IDLE.set(len(self._idle))
+            SMTP_REPLIES.labels(f"{outcome.final.code // 100}xx").inc()
             return relay_reply(outcome)
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
+        IDLE.set(0)
         await asyncio.gather(*(conn.quit() for conn in idle))

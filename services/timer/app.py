@@ -25,7 +25,7 @@ from kairos.clock import Clock, to_datetime
 from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, Record
 from kairos.logging import get_logger, quiet_retries
-from kairos.metrics import LATENESS, count
+from kairos.metrics import LATENESS, TICK, count
 from kairos.settings import KairosSettings
 from schemas.codec import decode_as, encode
 from schemas.events import (
@@ -289,6 +289,7 @@ class Timer:
         """Apply one schedule-stream event to one partition's state. Whatever it fires is
         published and acknowledged before the state forgets it."""
         if isinstance(ev, Tick):
+            TICK.labels(str(state.partition)).set(ev.now)
             while True:
                 walk = state.walk(ev.now, limit=EMIT_CHUNK)
                 # the tick's time decides what is due (never early, replayable); the time the

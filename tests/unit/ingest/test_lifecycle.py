@@ -204,3 +204,18 @@ def test_settled_messages_are_pruned_after_their_retention_and_pending_ones_neve
     assert sorted(r["message_id"] for r in rows) == ["pending", "recent"]
     assert log.store.prune(now, retention=30 * day) == 0
     assert log.store.prune(now + 2 * day, retention=30 * day) == 1  # now "recent" is old
+
+
+def test_pending_messages_by_the_hour_they_fall_due() -> None:
+    """What is coming (the dashboard's panel): pending messages per hour for the next 24 h;
+    overdue ones count in the first hour, settled and later ones not at all."""
+    log = Log()
+    now = 1_800_000_000
+    dues = {"a": now - 5, "b": now + 10, "c": now + 3599, "d": now + 3600,
+            "e": now + 23 * 3600 + 1, "f": now + 24 * 3600, "g": now + 20}  # fmt: skip
+    for mid, due in dues.items():
+        log.scheduled(mid, due)
+    log.event("outcomes", "delivered", "g", attempt=1, due_at=now + 20)
+    counts = log.store.pending_by_hour(now)
+    assert len(counts) == 24
+    assert counts[0] == 3 and counts[1] == 1 and counts[23] == 1 and sum(counts) == 5

@@ -92,6 +92,38 @@ def topics_list() -> None:
         )
 
 
+@main.command("trace")
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per step.")
+def trace_command(message_id: str, as_json: bool) -> None:
+    """A message's whole path, read from the topics: each event, when, which service wrote
+    it, how late."""
+    import json
+
+    from kairos.trace import trace
+
+    settings = _settings()
+    steps = asyncio.run(trace(settings, _bootstrap(settings), message_id))
+    if not steps:
+        raise click.ClickException(f"no event of message {message_id} on the topics")
+    for step in steps:
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "at": step.at.isoformat(),
+                        "topic": step.topic,
+                        "type": step.type,
+                        "service": step.service,
+                        "attempt": step.attempt,
+                        **step.detail,
+                    }
+                )
+            )
+        else:
+            click.echo(step.line(steps[0].at))
+
+
 @main.group("dead-letter")
 def dead_letter() -> None:
     """Records a stage could not decode or process: list them, replay them after a fix."""

@@ -131,13 +131,18 @@ class LogFollower:
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, within: float = 60.0, **consumer_options: Any
+    bootstrap: str,
+    topic: str,
+    within: float = 60.0,
+    keep: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
+    **consumer_options: Any,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from its beginning up to its end offsets at the time of the
     call (committed records only, unless ``isolation_level`` says otherwise): all that was
     acknowledged before the call, with nothing to wait out. In order within each partition.
-    Raises ``LookupError`` for a topic that does not exist, ``TimeoutError`` when ``within``
-    seconds pass first."""
+    ``keep``: only the records it is true of (the rest are read and dropped). Raises
+    ``LookupError`` for a topic that does not exist, ``TimeoutError`` when ``within`` seconds
+    pass first."""
     consumer = make_consumer(bootstrap, None, **consumer_options)
     await start_groupless(consumer)
     out: list[ConsumerRecord[bytes, bytes]] = []
@@ -155,7 +160,9 @@ async def read_to_end(
                 raise TimeoutError(f"{topic}: not read to {ends} within {within}s")
             batch = await consumer.getmany(*remaining, timeout_ms=200)
             for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
+                out.extend(
+                    r for r in records if r.offset < ends[tp] and (keep is None or keep(r))
+                )
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

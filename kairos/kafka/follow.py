@@ -160,9 +160,7 @@ async def read_to_end(
                 raise TimeoutError(f"{topic}: not read to {ends} within {within}s")
             batch = await consumer.getmany(*remaining, timeout_ms=200)
             for tp, records in batch.items():
-                out.extend(
-                    r for r in records if r.offset < ends[tp] and (keep is None or keep(r))
-                )
+                out.extend(r for r in records if r.offset < ends[tp] and (keep is None or keep(r)))
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

@@ -232,9 +232,7 @@ class LifecycleStore:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS pruned (message_id TEXT PRIMARY KEY)"
-                )
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned (message_id TEXT PRIMARY KEY)")
                 db.execute("DELETE FROM pruned")
                 db.execute(
                     f"INSERT INTO pruned SELECT message_id FROM messages WHERE status IN "

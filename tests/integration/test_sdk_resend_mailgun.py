@@ -135,11 +135,21 @@ async def test_resend_python_sdk(pipeline: Stack, resend_sdk: Any) -> None:
     batch = await asyncio.to_thread(
         resend.Batch.send,
         [
-            {"from": "hello@example.com", "to": "b1@example.org", "subject": "py batch 1",
-             "text": "1", "scheduled_at": iso(batch_due)},
-            {"from": "hello@example.com", "to": "b2@example.org", "subject": "py batch 2",
-             "text": "2", "scheduled_at": iso(batch_due)},
-        ],  # fmt: skip
+            {
+                "from": "hello@example.com",
+                "to": "b1@example.org",
+                "subject": "py batch 1",
+                "text": "1",
+                "scheduled_at": iso(batch_due),
+            },
+            {
+                "from": "hello@example.com",
+                "to": "b2@example.org",
+                "subject": "py batch 2",
+                "text": "2",
+                "scheduled_at": iso(batch_due),
+            },
+        ],
     )
     assert len(batch["data"]) == 2
     listed = await eventually(lambda: _listed(resend.Emails.list({"limit": 100}), batch))
@@ -231,9 +241,7 @@ async def test_resend_node_sdk(pipeline: Stack) -> None:
     listed = await settled("list", options={"limit": 100})
     assert listed["data"]["object"] == "list"
 
-    refused = await asyncio.to_thread(
-        call, "send", email={**message, "scheduledAt": "in 40 days"}
-    )
+    refused = await asyncio.to_thread(call, "send", email={**message, "scheduledAt": "in 40 days"})
     assert refused["error"]["name"] == "validation_error"
     assert refused["error"]["statusCode"] == 422
 
@@ -262,7 +270,9 @@ async def test_mailgun_python_sdk(pipeline: Stack) -> None:
         "h:X-Campaign": "spring",
     }
     files = [("attachment", ("report.csv", b"a,b\n1,2\n"))]
-    r = await asyncio.to_thread(client.messages.create, data=data, files=files, domain="example.com")
+    r = await asyncio.to_thread(
+        client.messages.create, data=data, files=files, domain="example.com"
+    )
     assert r.status_code == 200, r.text
     answer = r.json()
     assert answer["message"] == "Queued. Thank you."

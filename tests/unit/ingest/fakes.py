@@ -188,6 +188,10 @@ class Ingest(SimpleNamespace):
     broadcasts: list[tuple[str, str, str]]
     projection: Projection
 
+    def scheduled(self) -> list[Scheduled]:
+        """The messages published so far."""
+        return [e for e in self.publisher.events if isinstance(e, Scheduled)]
+
 
 def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any) -> Ingest:
     """The whole ingest HTTP application on fakes."""

@@ -10,14 +10,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from kairos.clock import FakeClock
-from schemas.events import CancelRequested, RescheduleRequested, Scheduled
+from schemas.events import CancelRequested, RescheduleRequested
 from services.ingest.idempotency import Record, body_digest, key_digest
 from services.ingest.resend import email_object
 from services.ingest.schedule import parse_natural_time
-from tests.unit.ingest.fakes import ACCOUNT, API_KEY, Ingest, ingest
+from tests.unit.ingest.conftest import NOW
+from tests.unit.ingest.fakes import ACCOUNT, API_KEY, Ingest
 
-NOW = 1_800_000_000  # 2027-01-15T08:00:00Z, a Friday
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -31,20 +30,6 @@ def email(**extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def app() -> Ingest:
-    return ingest(FakeClock(NOW))
-
-
-@pytest.fixture
-def client(app: Ingest) -> TestClient:
-    return TestClient(app.app)
-
-
-def scheduled(app: Ingest) -> list[Scheduled]:
-    return [e for e in app.publisher.events if isinstance(e, Scheduled)]
-
-
 def iso(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).isoformat().replace("+00:00", "Z")
 
@@ -53,7 +38,7 @@ def test_send_now_answers_the_id_only(app: Ingest, client: TestClient) -> None:
     r = client.post("/emails", json=email(), headers=AUTH)
     assert r.status_code == 200, r.text
     assert r.json() == {"id": r.json()["id"]}
-    [event] = scheduled(app)
+    [event] = app.scheduled()
     assert event.message_id == r.json()["id"] and event.source == "resend"
     assert event.due_at == NOW
 
@@ -74,7 +59,7 @@ def test_scheduled_at_resolves_and_is_echoed(
     r = client.post("/emails", json=email(scheduled_at=phrase), headers=AUTH)
     assert r.status_code == 200, r.text
     assert r.json()["scheduled_at"] == iso(due)
-    assert scheduled(app)[0].due_at == due
+    assert app.scheduled()[0].due_at == due
 
 
 def test_a_time_without_zone_is_in_the_accounts_zone(app: Ingest, client: TestClient) -> None:
@@ -143,7 +128,7 @@ def test_refusals_in_resends_shape(client: TestClient, body: Any, expected: Any)
 def test_nothing_is_sent_for_a_refusal(app: Ingest, client: TestClient) -> None:
     client.post("/emails", json=email(scheduled_at="last week"), headers=AUTH)
     client.post("/emails", content=b"{not json", headers=AUTH)
-    assert scheduled(app) == []
+    assert app.scheduled() == []
 
 
 def test_attachments_as_base64_and_as_byte_lists(app: Ingest, client: TestClient) -> None:
@@ -159,7 +144,7 @@ def test_attachments_as_base64_and_as_byte_lists(app: Ingest, client: TestClient
         headers=AUTH,
     )
     assert r.status_code == 200, r.text
-    raw = scheduled(app)[0].content.raw()
+    raw = app.scheduled()[0].content.raw()
     assert b'filename="a.txt"' in raw and b"application/pdf" in raw
     assert base64.b64encode(b"second") in raw
 
@@ -185,7 +170,7 @@ def test_idempotency(app: Ingest, client: TestClient) -> None:
     again = client.post("/emails", json=email(scheduled_at="in 1 hour"), headers=key)
     assert first.json() == again.json()
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert len(scheduled(app)) == 1
+    assert len(app.scheduled()) == 1
     other = client.post("/emails", json=email(subject="other"), headers=key)
     assert error(other) == (409, "invalid_idempotent_request", "IDEMPOTENCY_BODY_MISMATCH")
     long = {**AUTH, "Idempotency-Key": "k" * 257}
@@ -200,7 +185,7 @@ def test_a_concurrent_request_with_the_key(app: Ingest, client: TestClient) -> N
     app.idempotency.records[digest] = [held]
     r = client.post("/emails", json=email(), headers={**AUTH, "Idempotency-Key": "busy"})
     assert error(r) == (409, "concurrent_idempotent_requests", "IDEMPOTENCY_IN_FLIGHT")
-    assert scheduled(app) == []
+    assert app.scheduled() == []
 
 
 def test_batch_strict_is_all_or_nothing(app: Ingest, client: TestClient) -> None:
@@ -208,12 +193,12 @@ def test_batch_strict_is_all_or_nothing(app: Ingest, client: TestClient) -> None
     r = client.post("/emails/batch", json=[good, good], headers=AUTH)
     assert r.status_code == 200, r.text
     assert len(r.json()["data"]) == 2 and "errors" not in r.json()
-    assert len(scheduled(app)) == 2
+    assert len(app.scheduled()) == 2
     r = client.post("/emails/batch", json=[good, bad], headers=AUTH)
     assert error(r) == (403, "validation_error", "DOMAIN_NOT_VERIFIED")
     r = client.post("/emails/batch", json=[good, {**good, "to": None}], headers=AUTH)
     assert error(r) == (422, "missing_required_field", "MISSING_FIELD")
-    assert len(scheduled(app)) == 2
+    assert len(app.scheduled()) == 2
 
 
 def test_batch_permissive_sends_the_valid_ones(app: Ingest, client: TestClient) -> None:
@@ -230,7 +215,7 @@ def test_batch_permissive_sends_the_valid_ones(app: Ingest, client: TestClient) 
         (1, "SCHEDULED_AT_INVALID"),
         (3, "DOMAIN_NOT_VERIFIED"),
     ]
-    assert [e.message_id for e in scheduled(app)] == [d["id"] for d in body["data"]]
+    assert [e.message_id for e in app.scheduled()] == [d["id"] for d in body["data"]]
 
 
 @pytest.mark.parametrize(
@@ -251,7 +236,7 @@ def test_batch_idempotency(app: Ingest, client: TestClient) -> None:
     key = {**AUTH, "Idempotency-Key": "batch-1"}
     first = client.post("/emails/batch", json=[email(), email()], headers=key)
     again = client.post("/emails/batch", json=[email(), email()], headers=key)
-    assert first.json() == again.json() and len(scheduled(app)) == 2
+    assert first.json() == again.json() and len(app.scheduled()) == 2
 
 
 def project(app: Ingest) -> None:

@@ -170,7 +170,9 @@ def zone_of(name: str | None) -> ZoneInfo:
         raise ValueError(f"{name!r} is not an IANA time zone") from exc
 
 
-def parse_natural_time(value: Any, now: float, zone: str | None, field: str = "scheduled_at") -> int:
+def parse_natural_time(
+    value: Any, now: float, zone: str | None, field: str = "scheduled_at"
+) -> int:
     """A time as Resend reads ``scheduled_at``: ISO 8601 (a part of a second rounds up to
     the next whole second, so a message is never due early), or natural language ("in 1
     hour", "tomorrow at 9am", "Friday at 3pm ET"), relative to ``now``. A time that names no

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: system-deps install run test unit lint format bench bench-quick chaos clean kafka-start kafka-stop schemas
+.PHONY: system-deps install sdk-node run test unit lint format bench bench-quick chaos clean kafka-start kafka-stop schemas
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is needed (set PYTHON=python3.11)")'
@@ -17,6 +17,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The official Node SDKs (Resend, Mailgun) that the integration tests drive: installed from
+# tests/sdk/node/package-lock.json. Without npm the Node tests skip, except in CI (CI=true),
+# where this fails (scripts/system-deps.sh installs node and npm).
+SDK_NODE := tests/sdk/node
+$(SDK_NODE)/node_modules/.package-lock.json: $(SDK_NODE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(SDK_NODE) --no-audit --no-fund --loglevel=error; \
+	elif [ "$${CI:-}" = true ]; then \
+	  echo "error: npm is needed for the Node SDK tests (run make system-deps)"; exit 1; \
+	else echo "warning: npm not found; the Node SDK tests will skip (make system-deps)"; fi
+
+sdk-node: $(SDK_NODE)/node_modules/.package-lock.json
+
 ## run: the whole pipeline on the embedded default (local broker, dev SMTP sink); Ctrl-C stops it
 run: install
 	$(BIN)/kairos up
@@ -26,7 +39,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 ## test: the full suite (unit + integration on a real broker this target starts and stops)
-test: install
+test: install sdk-node
 	@bash scripts/with-broker.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## unit: the fast tests only (no broker)

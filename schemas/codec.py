@@ -38,7 +38,10 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 
 #: (event type, schema version) -> a function from that version's JSON object to the next
 #: version's. A version bump of an event adds one here, so every stored event stays readable.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    # scheduled v2 only widened ``source`` (resend, mailgun): every v1 event is a valid v2
+    ("scheduled", 1): lambda obj: obj,
+}
 
 
 def upcast(obj: dict[str, Any]) -> bool:

@@ -75,10 +75,12 @@ class Scheduled(MessageEvent):
     """A message accepted for (later or immediate) delivery."""
 
     type: Literal["scheduled"] = "scheduled"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     due_at: int = Field(ge=0, description="Unix second at (not before) which it is due.")
     submitted_at: datetime = Field(description="When the submission was accepted.")
-    source: Literal["http", "smtp", "sendgrid", "retry"] = Field(description="How it came in.")
+    source: Literal["http", "smtp", "sendgrid", "resend", "mailgun", "retry"] = Field(
+        description="How it came in: the front door (v2 added resend and mailgun), or retry."
+    )
     batch_id: str | None = Field(default=None, description="Batch the message belongs to.")
     attempt: int = Field(default=1, ge=1, description="Delivery attempt this schedule is for.")
     accept_by: datetime | None = Field(

@@ -71,7 +71,25 @@ def generate() -> dict[str, str]:
             schema["$id"] = f"{SCHEMA_BASE}events/{name}"
             schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
             files[f"events/{name}"] = _dump(schema)
+    # an older version of an event stays documented as released: events of it are still in
+    # the topics (read through its upcaster, schemas.codec.UPCASTERS)
+    for path in sorted(RELEASED_DIR.glob("events/*.json")):
+        name = f"events/{path.name}"
+        if name not in files and _superseded(path.name, files):
+            files[name] = path.read_text()
     return files
+
+
+def _superseded(filename: str, files: dict[str, str]) -> bool:
+    """Whether released ``<type>.v<n>.schema.json`` has a later version generated."""
+    from schemas.codec import UPCASTERS
+
+    kind, _, rest = filename.partition(".v")
+    version = int(rest.split(".", 1)[0])
+    later = any(
+        f"events/{kind}.v{v}.schema.json" in files for v in range(version + 1, version + 100)
+    )
+    return later and (kind, version) in UPCASTERS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,11 @@ class AccountState(Event):
     status: Literal["active", "disabled"]
     plan: Plan
     created_at: datetime
+    time_zone: str | None = Field(
+        default=None,
+        description="IANA time zone for times that name none (Resend's natural-language "
+        "scheduled_at); UTC when unset.",
+    )
 
 
 class ApiKeyState(Event):

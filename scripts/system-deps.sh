@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite drives for real (an MTA, SMTP clients, scanners,
-# kubectl), when they are missing. Needs root and apt-get; elsewhere it only says what is
+# kubectl, node and npm for the vendors' Node SDKs), when they are missing. Needs root and apt-get; elsewhere it only says what is
 # missing, and the tests that need those programs skip with that reason. In CI (CI=true) those
 # tests fail instead of skipping, and so does this script: it exits non-zero whenever something
 # is still missing at the end, and whenever apt-get fails.
@@ -14,6 +14,9 @@ wanted=(
   "spamd:/usr/sbin/spamd"
   # promtool checks the alerting rules (deploy/prometheus/rules.yaml)
   "prometheus:promtool"
+  # the official Node SDKs (Resend, Mailgun) of tests/sdk/node
+  "nodejs:node"
+  "npm:npm"
 )
 
 missing_packages() {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -18,7 +19,9 @@ from kairos.metrics import REJECTED
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
 from services.ingest.compose import EmailRequest, SubmitError, check_unicode, compose, error_body
 from services.ingest.idempotency import body_digest
+from services.ingest.mailgun import mailgun_error
 from services.ingest.manage import authenticate
+from services.ingest.resend import from_submit
 from services.ingest.schedule import ScheduleError, requested_at
 from services.ingest.submit import Accepted, Draft, Submission, Submitter
 from services.reference.admin import install_error_handler
@@ -71,9 +74,18 @@ def _error(status: int, code: str, message: str, field: str | None) -> JSONRespo
     return JSONResponse(error_body(code, message, field), status_code=status)
 
 
+#: Mailgun's paths under ``/v3`` (every other ``/v3`` path is SendGrid's).
+_MAILGUN_PATH = re.compile(r"^/v3/[^/]+/messages(?:\.mime)?/?$")
+
+
 def error_for(path: str, status: int, code: str, message: str, field: str | None) -> JSONResponse:
-    """An error in the shape of the API that ``path`` belongs to: SendGrid's under ``/v3``,
+    """An error in the shape of the API that ``path`` belongs to: Resend's under ``/emails``,
+    Mailgun's for ``/v3/{domain}/messages``, SendGrid's elsewhere under ``/v3``,
     ``{"error": {"code", "message", "field"}}`` everywhere else."""
+    if path == "/emails" or path.startswith("/emails/"):
+        return from_submit(SubmitError(code, message, field, status))
+    if _MAILGUN_PATH.match(path):
+        return mailgun_error(status, message, code)
     if path == "/v3" or path.startswith("/v3/"):
         REJECTED.labels("sendgrid", code).inc()
         return JSONResponse(

@@ -487,8 +487,10 @@ class LifecycleStore:
         due_to: int | None = None,
         limit: int = 50,
         after: tuple[int, str] | None = None,
+        before: tuple[int, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Messages of this account ordered by (due second, id), after the cursor ``after``."""
+        """Messages of this account ordered by (due second, id), after the cursor ``after``;
+        with ``before``, the ``limit`` messages just before that cursor (in the same order)."""
         where = ["account_id = ?"]
         args: list[Any] = [account_id]
         wanted = list(statuses)
@@ -506,12 +508,16 @@ class LifecycleStore:
         if after is not None:
             where.append("(due_at > ? OR (due_at = ? AND message_id > ?))")
             args += [after[0], after[0], after[1]]
-        sql = (
-            f"SELECT * FROM messages WHERE {' AND '.join(where)} "
-            "ORDER BY due_at, message_id LIMIT ?"
-        )
+        order = "due_at, message_id"
+        if before is not None:
+            where.append("(due_at < ? OR (due_at = ? AND message_id < ?))")
+            args += [before[0], before[0], before[1]]
+            order = "due_at DESC, message_id DESC"
+        sql = f"SELECT * FROM messages WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
+        if before is not None:
+            rows.reverse()
         return [_summary(r) for r in rows]
 
     def batch_members(self, account_id: str, batch_id: str) -> Iterator[dict[str, Any]]:

@@ -72,14 +72,21 @@ def _not_pending(message_id: str, status: str, verb: str) -> SubmitError:
     )
 
 
-def manage_router(
-    view: Accounts, projection: LifecycleProjection, publisher: CommandPublisher, clock: Clock
-) -> APIRouter:
-    """The management endpoints, under ``/email``."""
-    router = APIRouter(tags=["manage"])
-    store = projection.store
+class ScheduledMail:
+    """The management use cases over the lifecycle projection and the command stream, for
+    every front door that manages messages by id (``/email``, Resend's ``/emails``): find a
+    message of an account, change it by a lifecycle command, reschedule it. Each raises
+    SubmitError with a stable code (``NOT_FOUND``, ``MESSAGE_NOT_PENDING``, ...)."""
 
-    async def find(account: AccountState, message_id: str) -> dict[str, Any]:
+    def __init__(
+        self, projection: LifecycleProjection, publisher: CommandPublisher, clock: Clock
+    ) -> None:
+        self.projection, self.publisher, self.clock = projection, publisher, clock
+        self.store = projection.store
+
+    async def find(self, account: AccountState, message_id: str) -> dict[str, Any]:
+        """The message (summary and timeline); 404 ``NOT_FOUND``, 503 while catching up."""
+        store, projection = self.store, self.projection
         found = store.get(account.account_id, message_id)
         if found is None and await projection.sync():
             found = store.get(account.account_id, message_id)
@@ -91,25 +98,27 @@ def manage_router(
             raise _not_found(message_id)
         return found
 
-    async def pending(account: AccountState, message_id: str, verb: str) -> dict[str, Any]:
-        found = await find(account, message_id)
+    async def pending(self, account: AccountState, message_id: str, verb: str) -> dict[str, Any]:
+        found = await self.find(account, message_id)
         if found["status"] not in PENDING:
             raise _not_pending(message_id, found["status"], verb)
         return found
 
+    @staticmethod
     def rejections(found: dict[str, Any] | None, command: str) -> int:
         timeline = found["timeline"] if found is not None else []
         return sum(1 for e in timeline if e["type"] == "rejected" and e.get("command") == command)
 
     async def run(
-        account: AccountState, found: dict[str, Any], event: MessageEvent, verb: str
+        self, account: AccountState, found: dict[str, Any], event: MessageEvent, verb: str
     ) -> str:
         """Publish ``event`` and wait (bounded) until the projection shows its effect:
         the status it led to, or ``rejected``; "requested" if the wait ran out."""
+        store, rejections = self.store, self.rejections
         command = str(event.type)
         before = rejections(store.get(account.account_id, found["id"]), command)
         try:
-            await publisher.command(event)
+            await self.publisher.command(event)
         except Exception as exc:
             raise SubmitError(
                 "BROKER_UNAVAILABLE", "could not store the command; retry", None, 503
@@ -125,7 +134,7 @@ def manage_router(
                 return bool(now["status"] == "cancelled")
             return any(e["type"] == command for e in now["timeline"][len(found["timeline"]) :])
 
-        if not await projection.wait_until(settled, COMMAND_WAIT_SECONDS):
+        if not await self.projection.wait_until(settled, COMMAND_WAIT_SECONDS):
             return "requested"
         after = store.get(account.account_id, found["id"])
         assert after is not None
@@ -133,12 +142,37 @@ def manage_router(
             raise _not_pending(found["id"], after["status"], verb)
         return str(after["status"])
 
-    def envelope(account: AccountState, message_id: str) -> dict[str, Any]:
+    def envelope(self, account: AccountState, message_id: str) -> dict[str, Any]:
         return {
-            "occurred_at": to_datetime(clock.now()),
+            "occurred_at": to_datetime(self.clock.now()),
             "account_id": account.account_id,
             "message_id": message_id,
         }
+
+    async def change(
+        self, account: AccountState, message_id: str, verb: str, kind: type[MessageEvent]
+    ) -> str:
+        """Cancel, pause or resume a pending message (``kind``): the status it led to, or
+        "requested" when the timer has not answered within a few seconds."""
+        found = await self.pending(account, message_id, verb)
+        return await self.run(account, found, kind(**self.envelope(account, message_id)), verb)
+
+    async def reschedule(self, account: AccountState, message_id: str, due: int) -> str:
+        """Move a pending message to ``due`` (already checked against the clock and the
+        horizon): the status it led to, or "requested"."""
+        found = await self.pending(account, message_id, "rescheduled")
+        event = RescheduleRequested(**self.envelope(account, message_id), due_at=due)
+        return await self.run(account, found, event, "rescheduled")
+
+
+def manage_router(
+    view: Accounts, projection: LifecycleProjection, publisher: CommandPublisher, clock: Clock
+) -> APIRouter:
+    """The management endpoints, under ``/email``."""
+    router = APIRouter(tags=["manage"])
+    store = projection.store
+    mail = ScheduledMail(projection, publisher, clock)
+    find = mail.find
 
     @router.get("/email/{message_id}")
     async def get_email(
@@ -231,8 +265,7 @@ def manage_router(
     ) -> JSONResponse:
         try:
             account = authenticate(view, authorization)
-            found = await pending(account, message_id, verb)
-            status = await run(account, found, kind(**envelope(account, message_id)), verb)
+            status = await mail.change(account, message_id, verb, kind)
         except SubmitError as exc:
             return _error(exc)
         code = 202 if status == "requested" else 200
@@ -262,13 +295,7 @@ def manage_router(
                 raise SubmitError(exc.code, exc.message, exc.field) from exc
             if due is None:
                 raise SubmitError("SCHEDULED_AT_REQUIRED", "scheduledAt is required", "scheduledAt")
-            found = await pending(account, message_id, "rescheduled")
-            status = await run(
-                account,
-                found,
-                RescheduleRequested(**envelope(account, message_id), due_at=due),
-                "rescheduled",
-            )
+            status = await mail.reschedule(account, message_id, due)
         except SubmitError as exc:
             return _error(exc)
         return JSONResponse(

@@ -1,4 +1,5 @@
-"""Parsing of a requested send time (``scheduledAt``, ``X-Scheduled-At``, ``send_at``).
+"""Parsing of a requested send time (``scheduledAt``, ``X-Scheduled-At``, ``send_at``,
+Resend's ``scheduled_at``, Mailgun's ``o:deliverytime``).
 
 Pure: every function takes ``now`` and either returns whole unix seconds or raises
 :class:`ScheduleError` with a stable code. A bad time is never turned into an immediate send.
@@ -6,10 +7,15 @@ Pure: every function takes ``now`` and either returns whole unix seconds or rais
 
 from __future__ import annotations
 
+import email.utils
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dateparser
 
 MAX_HORIZON_SECONDS = 30 * 24 * 3600
 
@@ -150,3 +156,92 @@ def resolve_scheduled_at(
     """The due second of a body (see :func:`requested_at`), checked against ``now``."""
     when = requested_at(body)
     return None if when is None else when.check(now, horizon)
+
+
+#: Longest natural-language time read (longer text is refused before any parsing).
+MAX_NATURAL_LENGTH = 100
+
+
+def zone_of(name: str | None) -> ZoneInfo:
+    """The IANA zone ``name`` (UTC for None); ValueError when there is no such zone."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not an IANA time zone") from exc
+
+
+def parse_natural_time(
+    value: Any, now: float, zone: str | None, field: str = "scheduled_at"
+) -> int:
+    """A time as Resend reads ``scheduled_at``: ISO 8601 (a part of a second rounds up to
+    the next whole second, so a message is never due early), or natural language ("in 1
+    hour", "tomorrow at 9am", "Friday at 3pm ET"), relative to ``now``. A time that names no
+    zone or offset is in ``zone`` (an IANA name; UTC when None). Pure: returns unix seconds
+    or raises ScheduleError ``SCHEDULED_AT_INVALID``; the window is checked separately."""
+    if not isinstance(value, str) or not value.strip():
+        raise ScheduleError(
+            "SCHEDULED_AT_INVALID", "must be an ISO 8601 date-time or a phrase", field
+        )
+    text = value.strip()
+    tz = zone_of(zone)
+    if len(text) > MAX_NATURAL_LENGTH or not text.isprintable():
+        raise ScheduleError("SCHEDULED_AT_INVALID", f"{text[:40]!r}... is not a time", field)
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        moment = None
+    if moment is not None and re.match(r"^\d{4}-\d{2}-\d{2}", text, re.ASCII):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=tz)
+    else:
+        base = datetime.fromtimestamp(int(now), tz).replace(tzinfo=None)
+        parsed = dateparser.parse(
+            text,
+            languages=["en"],
+            settings={
+                "RELATIVE_BASE": base,
+                "TIMEZONE": tz.key,
+                "RETURN_AS_TIMEZONE_AWARE": True,
+                "PREFER_DATES_FROM": "future",
+                "TO_TIMEZONE": "UTC",
+            },
+        )
+        if parsed is None:
+            raise ScheduleError(
+                "SCHEDULED_AT_INVALID",
+                f"{text!r} is not a time (ISO 8601, or e.g. 'in 1 hour', 'tomorrow at 9am')",
+                field,
+            )
+        moment = parsed
+    try:
+        seconds = moment.timestamp()
+    except (OverflowError, ValueError, OSError) as exc:
+        raise ScheduleError("SCHEDULED_AT_INVALID", f"{text!r} is out of range", field) from exc
+    return math.ceil(seconds)
+
+
+_RFC2822_ZONE = re.compile(r"\s(?:[+-]\d{4}|UT|GMT|[ECMP][SD]T|Z)\s*$", re.ASCII | re.IGNORECASE)
+
+
+def parse_rfc2822(value: Any, field: str) -> int:
+    """An RFC 2822 date-time with its zone (Mailgun's ``o:deliverytime`` and
+    ``X-Mailgun-Deliver-By``: ``Fri, 14 Oct 2011 23:10:10 -0000``; -0000 is UTC) into unix
+    seconds. Pure; ScheduleError ``SCHEDULED_AT_INVALID`` for anything else, a date-time
+    without a zone included."""
+    bad = ScheduleError(
+        "SCHEDULED_AT_INVALID",
+        f"{str(value)[:60]!r} is not an RFC 2822 date-time (e.g. Fri, 14 Oct 2011 23:10:10 -0000)",
+        field,
+    )
+    if not isinstance(value, str) or not value.isascii() or not _RFC2822_ZONE.search(value):
+        raise bad
+    try:
+        moment = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError) as exc:
+        raise bad from exc
+    if moment.tzinfo is None:  # -0000: UTC, the sender's own zone unknown (RFC 5322 3.3)
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return int(moment.timestamp())
+    except (OverflowError, ValueError, OSError) as exc:
+        raise bad from exc

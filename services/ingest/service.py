@@ -21,8 +21,10 @@ from schemas.registry import IDEMPOTENCY, SCHEDULE
 from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog
 from services.ingest.lifecycle import LifecycleProjection
-from services.ingest.manage import manage_router
+from services.ingest.mailgun import mailgun_router
+from services.ingest.manage import ScheduledMail, manage_router
 from services.ingest.publish import KafkaPublisher
+from services.ingest.resend import resend_router
 from services.ingest.scanners import scanning_from
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory
@@ -79,6 +81,8 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     submitter = Submitter(view, publisher, clock, idempotency, scanning_from(settings))
     routers = [
         manage_router(view, projection, publisher, clock),
+        resend_router(view, submitter, ScheduledMail(projection, publisher, clock), clock),
+        mailgun_router(view, submitter),
         sendgrid_router(
             view, writer, broadcast, submitter, clock, open_batch_limit=settings.open_batch_limit
         ),

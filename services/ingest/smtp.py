@@ -1,7 +1,8 @@
 """SMTP submission (aiosmtpd), on the ingest service's event loop.
 
 AUTH PLAIN/LOGIN with an API key as the password; ``X-Scheduled-At`` (same formats and rules as
-``scheduledAt``), ``X-Idempotency-Key``, and SendGrid's ``X-SMTPAPI`` (``send_at``,
+``scheduledAt``), Mailgun's ``X-Mailgun-Deliver-By`` (RFC 2822, within 3 days),
+``X-Idempotency-Key``, and SendGrid's ``X-SMTPAPI`` (``send_at``,
 ``send_each_at``, ``batch_id``). Every violation is answered with a reply code, an enhanced
 status and a stable code; the 250 names the message id(s) in one line of at most 512 bytes.
 
@@ -21,7 +22,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -42,18 +43,23 @@ from services.ingest.headers import (
     mailbox,
     parse,
 )
-from services.ingest.http import AccountLookup
-from services.ingest.schedule import ScheduleError, When, parse_time
+from services.ingest.schedule import ScheduleError, When, parse_rfc2822, parse_time
 from services.ingest.submit import Draft, Submission, Submitter
+
+if TYPE_CHECKING:  # the HTTP app imports this module's readers (Mailgun's messages.mime)
+    from services.ingest.http import AccountLookup
 
 log = get_logger("kairos.ingest.smtp")
 
 #: SendGrid's horizon for its SMTP API.
 SMTPAPI_HORIZON = 72 * 3600
+#: Mailgun's horizon, for X-Mailgun-Deliver-By (and ``o:deliverytime``).
+MAILGUN_HORIZON = 3 * 86400
 #: The headers Kairos reads (lower case), each with the code a malformed one is refused with.
 #: Present means "use me": an empty, blank, duplicated or malformed one is never ignored.
 KAIROS_HEADERS: dict[str, str] = {
     "x-scheduled-at": "SCHEDULED_AT_INVALID",
+    "x-mailgun-deliver-by": "SCHEDULED_AT_INVALID",
     "x-smtpapi": "INVALID_SMTPAPI",
     "x-idempotency-key": "INVALID_IDEMPOTENCY_KEY",
 }
@@ -156,10 +162,12 @@ class ReadMessage:
     smtpapi: str | None
     idempotency_key: str | None
     clean: bytes
+    deliver_by: str | None = None
+    from_address: str = ""
 
     @property
     def scheduled(self) -> bool:
-        return self.scheduled_at is not None or self.smtpapi is not None
+        return any(v is not None for v in (self.scheduled_at, self.smtpapi, self.deliver_by))
 
 
 def _as_submit_error(exc: HeaderError) -> SubmitError:
@@ -195,7 +203,7 @@ def read_submission(raw: bytes) -> ReadMessage:
         message = parse(raw)
         check_body(message.rest)
         from_field = check_structure(message)
-        _, from_domain = mailbox(from_field)
+        from_address, from_domain = mailbox(from_field)
         sender = message.one("sender")
         sender_domain = mailbox(sender)[1] if sender is not None else None
         values = {name: _kairos_value(message, name) for name in KAIROS_HEADERS}
@@ -208,20 +216,42 @@ def read_submission(raw: bytes) -> ReadMessage:
         smtpapi=values["x-smtpapi"],
         idempotency_key=values["x-idempotency-key"],
         clean=message.without(STRIPPED, STRIPPED_PREFIXES),
+        deliver_by=values["x-mailgun-deliver-by"],
+        from_address=from_address,
     )
 
 
-def plan_schedule(scheduled_at: str | None, smtpapi: str | None, rcpts: list[str]) -> Plan:
-    """Read X-Scheduled-At and X-SMTPAPI values (pure; None when absent, as from
-    :func:`read_submission`) into the messages to submit and the times they ask for (judged
-    against the clock by the submission core; X-SMTPAPI times within SendGrid's 72 hours). A
-    present X-SMTPAPI must name a time (``send_at`` or ``send_each_at``) unless X-Scheduled-At
-    does. Raises ScheduleError or SubmitError."""
+def plan_schedule(
+    scheduled_at: str | None,
+    smtpapi: str | None,
+    rcpts: list[str],
+    deliver_by: str | None = None,
+) -> Plan:
+    """Read X-Scheduled-At, X-Mailgun-Deliver-By and X-SMTPAPI values (pure; None when absent,
+    as from :func:`read_submission`) into the messages to submit and the times they ask for
+    (judged against the clock by the submission core; X-SMTPAPI times within SendGrid's 72
+    hours, X-Mailgun-Deliver-By within Mailgun's 3 days). X-Scheduled-At and
+    X-Mailgun-Deliver-By may both be given only with the same second. A present X-SMTPAPI must
+    name a time (``send_at`` or ``send_each_at``) unless another header does. Raises
+    ScheduleError or SubmitError."""
     due = (
         When(parse_time(scheduled_at, "X-Scheduled-At"), "X-Scheduled-At")
         if scheduled_at is not None
         else None
     )
+    if deliver_by is not None:
+        by = When(
+            parse_rfc2822(deliver_by, "X-Mailgun-Deliver-By"),
+            "X-Mailgun-Deliver-By",
+            MAILGUN_HORIZON,
+        )
+        if due is not None and due.at != by.at:
+            raise ScheduleError(
+                "SCHEDULED_AT_CONFLICT",
+                "X-Scheduled-At and X-Mailgun-Deliver-By name different times",
+                "X-Mailgun-Deliver-By",
+            )
+        due = by
     if smtpapi is None:
         return Plan([(rcpts, due)], None)
     try:
@@ -306,7 +336,7 @@ def smtp_submission(account: AccountState, envelope: Any, message: ReadMessage) 
     """One DATA read into a submission (pure): a message per planned recipient group; its
     idempotency fingerprint covers the envelope and the message as written."""
     rcpts = list(envelope.rcpt_tos)
-    plan = plan_schedule(message.scheduled_at, message.smtpapi, rcpts)
+    plan = plan_schedule(message.scheduled_at, message.smtpapi, rcpts, message.deliver_by)
     drafts = [
         Draft(partial(content_of, message, envelope.mail_from, group), when)
         for group, when in plan.messages

@@ -43,7 +43,7 @@ log = get_logger("kairos.ingest")
 #: A batch id is valid this long after it was created (SendGrid's rule).
 BATCH_VALIDITY = timedelta(days=10)
 
-Source = Literal["http", "smtp", "sendgrid"]
+Source = Literal["http", "smtp", "sendgrid", "resend", "mailgun"]
 
 
 class Batches(Protocol):

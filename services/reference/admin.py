@@ -22,6 +22,7 @@ class AccountIn(BaseModel):
     plan: str | None = None
     domain: str | None = None
     verified: bool = False
+    time_zone: str | None = None
 
 
 class PlanIn(BaseModel):
@@ -52,6 +53,7 @@ def _account_json(a: AccountState, view: ReferenceView) -> dict[str, Any]:
         "status": a.status,
         "plan": a.plan.model_dump(),
         "created_at": a.created_at.isoformat(),
+        "time_zone": a.time_zone or "UTC",
         "domains": [
             {"domain": d.domain, "verified": d.verified, "changed_at": d.changed_at.isoformat()}
             for d in view.domains.values()
@@ -79,7 +81,7 @@ def admin_router(
     @router.post("/accounts", status_code=201)
     async def create_account(body: AccountIn) -> JSONResponse:
         records, account_id, api_key = cmd.create_account(
-            view, body.name, body.plan, body.domain, body.verified, now()
+            view, body.name, body.plan, body.domain, body.verified, now(), body.time_zone
         )
         await writer.apply(records)
         account = view.account(account_id)

@@ -9,6 +9,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
 
@@ -98,6 +99,7 @@ def create_account(
     domain: str | None,
     verified: bool,
     now: datetime,
+    time_zone: str | None = None,
 ) -> tuple[list[Record], str, str]:
     """A new account with one API key (and optionally a domain). Returns the records, the
     account id and the API key (shown once, never stored in clear)."""
@@ -106,6 +108,13 @@ def create_account(
     if any(a.name == name for a in state.accounts.values()):
         raise RefError(409, "ACCOUNT_EXISTS", f"an account named {name!r} exists", "name")
     plan_name = _plan(plan or DEFAULT_PLAN)
+    if time_zone is not None:
+        try:
+            ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise RefError(
+                400, "INVALID_TIME_ZONE", f"{time_zone!r} is not an IANA time zone", "time_zone"
+            ) from exc
     norm_domain = normalize_domain(domain) if domain else None
     account_id = "acc_" + uuid.uuid4().hex[:12]
     account = AccountState(
@@ -115,6 +124,7 @@ def create_account(
         status="active",
         plan=PLANS[plan_name],
         created_at=now,
+        time_zone=time_zone,
     )
     api_key = new_api_key()
     records = [Record("accounts", account_id, account), key_record(account_id, api_key, now)]

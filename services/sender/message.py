@@ -12,7 +12,13 @@ from pathlib import Path
 import dkim
 
 #: Headers that steer Kairos and are never relayed.
-INTERNAL_HEADERS = ("X-Scheduled-At", "X-Idempotency-Key", "X-SMTPAPI", "X-Kairos-Batch-Id")
+INTERNAL_HEADERS = (
+    "X-Scheduled-At",
+    "X-Mailgun-Deliver-By",
+    "X-Idempotency-Key",
+    "X-SMTPAPI",
+    "X-Kairos-Batch-Id",
+)
 
 #: Headers a DKIM signature covers when present.
 SIGNED_HEADERS = [

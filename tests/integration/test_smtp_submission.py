@@ -3,6 +3,7 @@ X-Scheduled-At, X-SMTPAPI, X-Idempotency-Key, and the exact reply codes of every
 
 from __future__ import annotations
 
+import email.utils
 import os
 import shutil
 import smtplib
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Stack, free_port, make_stack
+from tests.integration.test_pipeline import wait_for_eml
 
 pytestmark = pytest.mark.kafka
 
@@ -96,10 +98,26 @@ def test_scheduled_over_smtp_is_held_then_delivered_without_internal_headers(
     assert mid in reply
 
 
+def test_x_mailgun_deliver_by_schedules_over_smtp(smtp_stack: Stack) -> None:
+    due = int(time.time()) + 3
+    by = email.utils.formatdate(due)
+    code, reply = send(smtp_stack, message(f"X-Mailgun-Deliver-By: {by}\r\n", body="mailgun smtp"))
+    assert code == 250 and f"for {due}" in reply, reply
+    stored = wait_for_eml(smtp_stack.outbox, "mailgun smtp")
+    assert float(stored.name.split("-")[0]) >= due, "arrived early"
+    assert message_from_bytes(stored.read_bytes())["X-Mailgun-Deliver-By"] is None
+
+
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
         ("X-Scheduled-At: 2020-01-01T00:00:00Z\r\n", (554, "5.5.4 SCHEDULED_AT_IN_PAST")),
+        ("X-Mailgun-Deliver-By:  \r\n", (554, "5.5.4 SCHEDULED_AT_INVALID")),
+        ("X-Mailgun-Deliver-By: tomorrow\r\n", (554, "5.5.4 SCHEDULED_AT_INVALID")),
+        (
+            "X-Mailgun-Deliver-By: Fri, 14 Oct 2011 23:10:10 -0000\r\n",
+            (554, "5.5.4 SCHEDULED_AT_IN_PAST"),
+        ),
         ("X-Scheduled-At: 2099-01-01T00:00:00Z\r\n", (554, "5.5.4 SCHEDULED_AT_TOO_FAR")),
         ("X-Scheduled-At: 2030-01-01T00:00:00\r\n", (554, "5.5.4 SCHEDULED_AT_NO_OFFSET")),
         ("X-Scheduled-At: 2030-01-01T00:00:00.5Z\r\n", (554, "5.5.4 SCHEDULED_AT_FRACTIONAL")),

@@ -17,8 +17,10 @@ from schemas.reference import AccountState, BatchState, DomainState, Plan, Suppr
 from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog, Record
 from services.ingest.lifecycle import LifecycleStore
-from services.ingest.manage import manage_router
+from services.ingest.mailgun import mailgun_router
+from services.ingest.manage import ScheduledMail, manage_router
 from services.ingest.publish import PublishError
+from services.ingest.resend import resend_router
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.submit import Submitter
 from services.reference.commands import Record as RefRecord
@@ -184,6 +186,11 @@ class Ingest(SimpleNamespace):
     writer: Writer
     idempotency: IdempotencyLog
     broadcasts: list[tuple[str, str, str]]
+    projection: Projection
+
+    def scheduled(self) -> list[Scheduled]:
+        """The messages published so far."""
+        return [e for e in self.publisher.events if isinstance(e, Scheduled)]
 
 
 def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any) -> Ingest:
@@ -202,8 +209,16 @@ def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any
         broadcasts.append((account_id, batch_id, action))
 
     submitter = Submitter(view, publisher, clock, idem, scanning)
+    projection = Projection()
     routers = [
-        manage_router(view, Projection(), publisher, clock),  # type: ignore[arg-type]
+        manage_router(view, projection, publisher, clock),  # type: ignore[arg-type]
+        resend_router(
+            view,
+            submitter,
+            ScheduledMail(projection, publisher, clock),  # type: ignore[arg-type]
+            clock,
+        ),
+        mailgun_router(view, submitter),
         sendgrid_router(view, writer, broadcast, submitter, clock, **sendgrid),
     ]
     app = create_app(submitter, view, publisher.ready, None, routers)
@@ -216,6 +231,7 @@ def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any
         writer=writer,
         idempotency=idem,
         broadcasts=broadcasts,
+        projection=projection,
     )
 
 

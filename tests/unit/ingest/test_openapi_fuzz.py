@@ -25,6 +25,14 @@ def test_the_openapi_document_covers_every_front_door() -> None:
         ("/v3/mail/batch/{batch_id}", "get"),
         ("/v3/user/scheduled_sends", "post"),
         ("/v3/user/scheduled_sends/{batch_id}", "delete"),
+        ("/emails", "post"),
+        ("/emails", "get"),
+        ("/emails/batch", "post"),
+        ("/emails/{email_id}", "get"),
+        ("/emails/{email_id}", "patch"),
+        ("/emails/{email_id}/cancel", "post"),
+        ("/v3/{domain}/messages", "post"),
+        ("/v3/{domain}/messages.mime", "post"),
     ]:
         assert method in paths[path], (method, path)
     for path, method in [("/email", "post"), ("/v3/mail/send", "post")]:

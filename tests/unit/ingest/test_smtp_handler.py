@@ -378,3 +378,45 @@ def test_aiosmtpd_refusals_get_enhanced_and_stable_codes() -> None:
     )
     assert with_enhanced_status("250-kairos") == "250-kairos"
     assert with_enhanced_status("334 ") == "334 "
+
+
+# -- Mailgun's X-Mailgun-Deliver-By -------------------------------------------------------------
+
+DELIVER_BY = b"X-Mailgun-Deliver-By: Fri, 15 Jan 2027 08:01:00 -0000\r\n"  # NOW + 60
+
+
+async def test_x_mailgun_deliver_by_schedules_and_is_not_stored() -> None:
+    reply, [event] = await submit(msg(DELIVER_BY))
+    assert reply == f"250 2.0.0 Scheduled as {event.message_id} for 1800000060"
+    assert event.due_at == 1800000060
+    assert "X-Mailgun-Deliver-By" not in event.content.mime
+    same = DELIVER_BY + b"X-Scheduled-At: 2027-01-15T08:01:00Z\r\n"
+    assert (await submit(msg(same)))[1][0].due_at == 1800000060
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"X-Mailgun-Deliver-By:\r\n", "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By:  \t\r\n", "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By : Fri, 15 Jan 2027 08:01:00 -0000\r\n",
+         "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (DELIVER_BY + DELIVER_BY, "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By: tomorrow\r\n", "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By: 1800000060\r\n", "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By: Fri, 15 Jan 2027 08:01:00\r\n",
+         "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By: Fri, 30 Feb 2027 08:01:00 +0000\r\n",
+         "554 5.5.4 SCHEDULED_AT_INVALID"),
+        (b"X-Mailgun-Deliver-By: Thu, 14 Jan 2027 08:01:00 +0000\r\n",
+         "554 5.5.4 SCHEDULED_AT_IN_PAST"),
+        (b"X-Mailgun-Deliver-By: Tue, 19 Jan 2027 08:01:00 +0000\r\n",
+         "554 5.5.4 SCHEDULED_AT_TOO_FAR"),  # Mailgun's 3 days
+        (DELIVER_BY + b"X-Scheduled-At: 1800000061\r\n", "554 5.5.4 SCHEDULED_AT_CONFLICT"),
+    ],
+)  # fmt: skip
+async def test_a_bad_x_mailgun_deliver_by_is_refused_never_sent_now(
+    headers: bytes, expected: str
+) -> None:
+    reply, events = await submit(msg(headers))
+    assert (head(reply), events) == (expected, []), reply

@@ -114,7 +114,8 @@ def test_an_older_version_is_upcast(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setitem(codec.UPCASTERS, ("scheduled", 0), v0_to_v1)
     event = decode_as(json.dumps(old), Scheduled)
-    assert event.due_at == payload["due_at"] and event.schema_version == 1
+    assert event.due_at == payload["due_at"]
+    assert event.schema_version == Scheduled.model_fields["schema_version"].default
 
 
 def test_generated_schemas_let_readers_ignore_new_fields() -> None:

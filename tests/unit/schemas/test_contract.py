@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas import decode, decode_as, encode
-from schemas.codec import DecodeError
+from schemas.codec import DecodeError, upcast
 from schemas.events import Delivered, Outcome, Scheduled, Tick
 from schemas.jsonschema import JSON_DIR, generate
 from schemas.registry import TOPICS, topic_spec
@@ -37,7 +37,9 @@ def test_golden_example_validates_and_decodes(example: Path) -> None:
     topics = [s for s in TOPICS if s.value is not None]
     decoded = [decode(example.read_bytes(), s.name) for s in topics if _fits(example, s.name)]
     assert decoded, f"{example.name} is carried by no topic"
-    assert json.loads(encode(decoded[0])) == payload
+    current = dict(payload)
+    upcast(current)  # an example of an older version is read as the current one
+    assert json.loads(encode(decoded[0])) == current
 
 
 def _fits(example: Path, topic: str) -> bool:

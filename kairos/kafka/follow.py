@@ -40,6 +40,9 @@ class LogFollower:
         self._tps: list[TopicPartition] = []
         self._caught_up = asyncio.Event()
         self._changed = asyncio.Condition()
+        #: the next offset of each partition after what was handled: past transaction markers
+        #: too, which no record's offset + 1 ever reaches
+        self.positions: dict[TopicPartition, int] = {}
 
     def logical(self, tp: TopicPartition) -> str:
         return self._names[tp.topic]
@@ -80,8 +83,12 @@ class LogFollower:
                 batch = await consumer.getmany(timeout_ms=100, max_records=2000)
                 if batch:
                     await self.handle(batch)
-                for tp in list(behind):
-                    if await consumer.position(tp) >= ends[tp]:
+                moved = False
+                for tp in self._tps:
+                    position = await consumer.position(tp)
+                    if self.positions.get(tp) != position:
+                        self.positions[tp], moved = position, True
+                    if tp in behind and position >= ends[tp]:
                         behind.discard(tp)
             except asyncio.CancelledError:
                 raise
@@ -91,7 +98,7 @@ class LogFollower:
                 continue
             if not behind:
                 self._caught_up.set()
-            if batch:
+            if batch or moved:
                 async with self._changed:
                     self._changed.notify_all()
 
@@ -111,6 +118,10 @@ class LogFollower:
         except TimeoutError:
             return False
         return True
+
+    def reached(self, ends: Mapping[TopicPartition, int]) -> bool:
+        """Whether everything up to ``ends`` (end offsets) has been handled."""
+        return all(self.positions.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
 
     async def end_offsets(self, limit: float) -> dict[TopicPartition, int] | None:
         """The topics' end offsets now (None when the broker does not answer in time)."""

@@ -615,12 +615,7 @@ class LifecycleProjection(LogFollower):
             return False
 
         def done(_: object = None) -> bool:
-            stored = self.store.offsets()
-            return all(
-                stored.get((self.logical(tp), tp.partition), 0) >= end
-                for tp, end in ends.items()
-                if end > 0
-            )
+            return self.reached(ends)
 
         return done() or await self.wait_until(done, limit)
 

@@ -17,8 +17,10 @@ from kairos.settings import KairosSettings
 AsyncMain = Callable[[KairosSettings, str, Clock, Any], Awaitable[Any]]
 
 
-def prepare() -> tuple[KairosSettings, str, Clock]:
-    """Settings, the bootstrap servers, and the clock, for a service starting up."""
+def prepare(service: str) -> tuple[KairosSettings, str, Clock]:
+    """Settings, the bootstrap servers, and the clock, for ``service`` starting up (and its
+    tracing, when an OTLP endpoint is configured)."""
+    from kairos import tracing
     from kairos.kafka.bootstrap import resolve_bootstrap
     from kairos.kafka.local import LocalKafkaError
 
@@ -29,6 +31,7 @@ def prepare() -> tuple[KairosSettings, str, Clock]:
     except LocalKafkaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    tracing.configure(service)
     return settings, bootstrap, SystemClock()
 
 
@@ -36,5 +39,6 @@ def serve(main: AsyncMain) -> None:
     """Run ``main(settings, bootstrap, clock, stop)`` until SIGINT/SIGTERM."""
     from kairos.service import run_until_stopped
 
-    settings, bootstrap, clock = prepare()
+    parts = main.__module__.split(".")
+    settings, bootstrap, clock = prepare(parts[1] if len(parts) > 1 else parts[0])
     run_until_stopped(lambda stop: main(settings, bootstrap, clock, stop))

@@ -40,6 +40,12 @@ class MessageEvent(Event):
     """An event about one message."""
 
     message_id: str = Field(description="The message (scheduling) id returned at submission.")
+    traceparent: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # not written at all for a message that is not traced
+        description="W3C trace context of the step that wrote this event (its span), when the "
+        "message is traced: the submission's own traceparent header, or a new trace.",
+    )
 
 
 # -- content ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from kairos import tracing
 from kairos.logging import get_logger
 from kairos.metrics import REJECTED
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
@@ -213,6 +214,17 @@ def create_app(
     )
 
     install_error_shapes(app)
+
+    @app.middleware("http")
+    async def trace_context(request: Request, call_next: Any) -> Response:
+        """A client's ``traceparent`` continues into the submission's trace."""
+        token = tracing.incoming.set(request.headers.get("traceparent"))
+        try:
+            response: Response = await call_next(request)
+            return response
+        finally:
+            tracing.incoming.reset(token)
+
     if admin is not None:
         app.include_router(admin)
     for router in routers:

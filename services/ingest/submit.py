@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
 from kairos.metrics import count
@@ -84,6 +85,8 @@ class Submission:
     idempotency_key: str | None = None
     digest: str = ""
     dry_run: bool = False
+    #: the client's W3C trace context (HTTP ``traceparent``); else the request's, if any
+    traceparent: str | None = None
 
     @property
     def scheduled(self) -> bool:
@@ -211,32 +214,40 @@ class Submitter:
         accepted = Accepted(ids, dues)
         if submission.dry_run:
             return accepted
-        events = [
-            Scheduled(
-                occurred_at=to_datetime(now),
-                account_id=account.account_id,
-                message_id=mid,
-                due_at=due if due is not None else int(now),
-                submitted_at=to_datetime(now),
-                source=submission.source,
-                batch_id=batch_id,
-                content=content,
-            )
-            for mid, due, content in zip(ids, dues, contents, strict=True)
-        ]
-        if deadline is not None and self.clock.now() >= deadline:
-            raise SubmitError(
-                "IDEMPOTENCY_CLAIM_EXPIRED",
-                "the request took longer than its idempotency claim holds; retry",
-                "Idempotency-Key",
-                503,
-            )
-        try:
-            await self.publisher.publish_many(events)
-        except PublishError as exc:
-            log.warning("publish failed", message_id=first_id, error=str(exc))
-            raise SubmitError(
-                "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
-            ) from exc
+        parent = tracing.valid(submission.traceparent or tracing.incoming.get())
+        with tracing.step(
+            "accept",
+            parent,
+            **{"kairos.source": submission.source, "kairos.messages": len(ids)},
+            **{"kairos.account": account.account_id, "kairos.message_id": first_id},
+        ) as traceparent:
+            events = [
+                Scheduled(
+                    occurred_at=to_datetime(now),
+                    account_id=account.account_id,
+                    message_id=mid,
+                    due_at=due if due is not None else int(now),
+                    submitted_at=to_datetime(now),
+                    source=submission.source,
+                    batch_id=batch_id,
+                    content=content,
+                    traceparent=traceparent,
+                )
+                for mid, due, content in zip(ids, dues, contents, strict=True)
+            ]
+            if deadline is not None and self.clock.now() >= deadline:
+                raise SubmitError(
+                    "IDEMPOTENCY_CLAIM_EXPIRED",
+                    "the request took longer than its idempotency claim holds; retry",
+                    "Idempotency-Key",
+                    503,
+                )
+            try:
+                await self.publisher.publish_many(events)
+            except PublishError as exc:
+                log.warning("publish failed", message_id=first_id, error=str(exc))
+                raise SubmitError(
+                    "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
+                ) from exc
         count("ingest", "scheduled", len(events))
         return accepted

@@ -28,9 +28,17 @@ class SendResult:
     hard_bounces: list[str] = field(default_factory=list)
 
 
-def result_of(d: Dispatch, reply: RelayReply, now: float, policy: RetryPolicy) -> SendResult:
-    """Decide the outcome of relaying ``d`` with ``reply`` at ``now``."""
+def result_of(
+    d: Dispatch,
+    reply: RelayReply,
+    now: float,
+    policy: RetryPolicy,
+    traceparent: str | None = None,
+) -> SendResult:
+    """Decide the outcome of relaying ``d`` with ``reply`` at ``now``; the events carry
+    ``traceparent`` (the delivery's span; default: the dispatch's)."""
     common: dict[str, Any] = {
+        "traceparent": traceparent or d.traceparent,
         "occurred_at": to_datetime(now),
         "account_id": d.account_id,
         "message_id": d.message_id,
@@ -97,5 +105,6 @@ def result_of(d: Dispatch, reply: RelayReply, now: float, policy: RetryPolicy) -
         batch_id=d.batch_id,
         attempt=d.attempt + 1,
         content=d.content,
+        traceparent=common["traceparent"],
     )
     return SendResult(outcome, retry=retry)

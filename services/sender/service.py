@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 
+from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
 from kairos.kafka.deadletter import dead_letter_record
@@ -144,11 +145,18 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         await producer.publish_until_done([letter])
 
     async def relay(d: Dispatch, record: ConsumerRecord[bytes, bytes]) -> None:
-        data = dkim_keys.sign(
-            prepare(d.content.raw(), clock.now(), d.content.from_domain), d.content.from_domain
-        )
-        reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
-        result = result_of(d, reply, clock.now(), policy)
+        with tracing.step(
+            "smtp",
+            d.traceparent,
+            **{"kairos.message_id": d.message_id, "kairos.attempt": d.attempt},
+        ) as traceparent:
+            data = dkim_keys.sign(
+                prepare(d.content.raw(), clock.now(), d.content.from_domain),
+                d.content.from_domain,
+            )
+            reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
+            tracing.annotate(**{"smtp.code": reply.code, "smtp.recipients": len(d.content.rcpt_to)})
+        result = result_of(d, reply, clock.now(), policy, traceparent)
         out = [Record(outcomes_topic, encode(result.outcome), record.key)]
         for address in result.hard_bounces:
             bounce = SuppressionState(

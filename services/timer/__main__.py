@@ -3,4 +3,4 @@
 from kairos.entry import prepare
 from services.timer.app import run
 
-run(*prepare())
+run(*prepare("timer"))

@@ -21,6 +21,7 @@ import orjson
 from faust.streams import _current_event
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, Record
@@ -397,6 +398,12 @@ def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:
     sched = orjson.loads(fire.entry.scheduled)
     at = to_datetime(now)
     lateness_ms = max(0, round((now - fire.entry.due) * 1000))
+    with tracing.step(
+        "due",
+        sched.get("traceparent"),
+        **{"kairos.message_id": fire.message_id, "kairos.lateness_ms": lateness_ms},
+    ) as traceparent:
+        pass
     event = {
         "event_id": new_event_id(),
         "type": "due",
@@ -412,6 +419,8 @@ def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:
         "lateness_ms": lateness_ms,
         "content": sched["content"],
     }
+    if traceparent is not None:
+        event["traceparent"] = traceparent
     return orjson.dumps(event, option=orjson.OPT_UTC_Z), lateness_ms
 
 
@@ -423,6 +432,7 @@ def fire_event(fire: Fire, now: float) -> Due | Failed | Cancelled:
         "account_id": sched.account_id,
         "message_id": fire.message_id,
         "batch_id": sched.batch_id,
+        "traceparent": sched.traceparent,
     }
     if fire.kind == "due":
         return Due(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from aiokafka import ConsumerRecord
 
+from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.clients import make_consumer
 from kairos.kafka.deadletter import dead_letter_record
@@ -30,18 +31,27 @@ log = get_logger("kairos.validator")
 
 def judge(due: Due, ref: Reference, now: float) -> Dispatch | Failed:
     """The event that follows ``due``: a dispatch, or a ``failed`` outcome with its reason."""
-    verdict = decide(due, ref)
+    with tracing.step("validate", due.traceparent, **{"kairos.message_id": due.message_id}) as tp:
+        verdict = decide(due, ref)
     if isinstance(verdict, Approved):
         content = due.content
         if verdict.dropped:
             content = content.model_copy(update={"rcpt_to": verdict.recipients})
         return Dispatch(
             **due.model_dump(
-                exclude={"type", "schema_version", "event_id", "occurred_at", "content"}
+                exclude={
+                    "type",
+                    "schema_version",
+                    "event_id",
+                    "occurred_at",
+                    "content",
+                    "traceparent",
+                }
             ),
             content=content,
             occurred_at=to_datetime(now),
             validated_at=to_datetime(now),
+            traceparent=tp,
         )
     return Failed(
         occurred_at=to_datetime(now),
@@ -54,6 +64,7 @@ def judge(due: Due, ref: Reference, now: float) -> Dispatch | Failed:
         stage="validation",
         reason=verdict.reason,
         text=verdict.text,
+        traceparent=tp,
     )
 
 

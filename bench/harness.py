@@ -24,9 +24,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import orjson
-from aiokafka.structs import TopicPartition
 
-from kairos.kafka.clients import make_admin, make_consumer
+from kairos.kafka.clients import (
+    make_admin,
+    make_consumer,
+    partitions_of_topics,
+    start_groupless,
+)
 from kairos.kafka.topics import apply_topics
 from kairos.ports import free_port as _free_port
 from kairos.settings import KairosSettings
@@ -256,15 +260,10 @@ async def group_lag(bootstrap: str, group: str, topic: str) -> tuple[int, dict[i
     admin = make_admin(bootstrap)
     consumer = make_consumer(bootstrap, None)
     await admin.start()
-    await consumer.start()
-    await asyncio.sleep(0)
+    await start_groupless(consumer)
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await partitions_of_topics(consumer, [topic])
         ends = await consumer.end_offsets(tps)
         done = {tp.partition: committed[tp].offset if tp in committed else 0 for tp in tps}
         return sum(ends[tp] - done[tp.partition] for tp in tps), done
@@ -275,11 +274,9 @@ async def group_lag(bootstrap: str, group: str, topic: str) -> tuple[int, dict[i
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = make_consumer(bootstrap, None)
-    await consumer.start()
-    await asyncio.sleep(0)
+    await start_groupless(consumer)
     try:
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        tps = await partitions_of_topics(consumer, [topic])
         return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
     finally:
         await consumer.stop()
@@ -342,13 +339,8 @@ class TopicWatch:
 
     async def start(self) -> None:
         consumer = make_consumer(self.bootstrap, None)
-        await consumer.start()
-        await asyncio.sleep(0)
-        cluster = await consumer._client.fetch_all_metadata()
-        tps = [
-            TopicPartition(self.topic, p)
-            for p in sorted(cluster.partitions_for_topic(self.topic) or ())
-        ]
+        await start_groupless(consumer)
+        tps = await partitions_of_topics(consumer, [self.topic])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         marker = self.prefix.encode()

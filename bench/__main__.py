@@ -32,6 +32,7 @@ from bench.harness import (
     wait_consumed,
 )
 from bench.load import build, event_size, mime_size
+from bench.soak import SOAK_ENV, soak
 from bench.steady import steady
 from bench.timer_scale import timer_scale
 from kairos.kafka.bootstrap import resolve_bootstrap
@@ -40,7 +41,9 @@ from kairos.settings import KairosSettings
 from schemas.registry import MESSAGE_PARTITIONS
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("ceiling", "submission", "steady", "burst", "large", "stages", "timer")
+SCENARIOS = ("ceiling", "submission", "steady", "burst", "large", "stages", "timer", "soak")
+#: run only when asked for (``--only soak``): it takes as long as its messages need
+OPT_IN = {"soak"}
 ALL = ("ingest", "timer", "validator", "sender")
 T = TypeVar("T")
 
@@ -235,6 +238,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     b["firing_wall_seconds"],
                     cpu.NO_INGEST,
                 )
+        if "soak" in only:
+            async with running(
+                bootstrap, partitions, f"{pipes}k.", *ALL, relay=args.sink, env=SOAK_ENV
+            ) as p:
+                account, _ = p.create_account()
+                r["soak"] = await phase(
+                    "soak",
+                    soak(p, account, args.soak_n, args.soak_rate, args.soak_checkpoint,
+                         args.soak_drain),
+                )  # fmt: skip
         if "timer" in only:
             async with running(bootstrap, partitions, f"{pipes}c.", "timer") as p:
                 r["timer_scale"] = await phase(
@@ -259,6 +272,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     print(report.table(r))
     print()
     print(cpu.table(r["cpu"]))
+    if "soak" in r:
+        print()
+        print(report.soak_table(r["soak"]))
     print()
     say(
         f"{r['elapsed_seconds']:.0f}s; wrote {RESULTS / (stamp + '.json')}"
@@ -328,6 +344,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "submit_seconds": 5,
         "large_n": 300,
         "stage_n": 2_000,
+        "soak_n": 20_000,
+        "soak_checkpoint": 5_000,
     }
     full = {
         "n": 100_000,
@@ -341,6 +359,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "submit_seconds": 10,
         "large_n": 2_000,
         "stage_n": 20_000,
+        "soak_n": 1_000_000,
+        "soak_checkpoint": 100_000,
     }
     add = parser.add_argument
     add("--quick", action="store_true", help="a small run (about 4 minutes)")
@@ -375,10 +395,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "installed) or python (bench.sink, the counting sink)",
     )
     add("--submit-seconds", type=float, help="each submission run (default 10 s; quick 5 s)")
+    add("--soak-n", type=int, help="messages in the soak (1,000,000; quick 20,000)")
+    add("--soak-checkpoint", type=int, help="the soak's first reading (100,000; quick 5,000)")
+    add("--soak-rate", type=int, default=1_000, help="the soak's messages per second (1,000)")
+    add("--soak-drain", type=float, default=300, help="longest wait for the soak to settle")
     add(
         "--only",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+        default=",".join(s for s in SCENARIOS if s not in OPT_IN),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but "
+        f"{', '.join(sorted(OPT_IN))})",
     )
     add("--keep-topics", action="store_true", help="keep the run's topics afterwards")
     args = parser.parse_args(argv)

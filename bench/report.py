@@ -480,3 +480,25 @@ def chart(r: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def soak_table(soak: dict[str, Any]) -> str:
+    """Memory and disk of each service at the soak's checkpoint and end, and the growth per
+    message between them (about 0 when its state is bounded)."""
+    mid, end, growth = soak["at_checkpoint"], soak["at_end"], soak["growth_bytes_per_message"]
+    lines = [
+        f"soak: {soak['messages']:,} messages at {soak['rate_asked']:,}/s "
+        f"({soak['seconds']:.0f} s, {'complete' if soak['complete'] else 'INCOMPLETE'}); "
+        f"first reading after {soak['checkpoint']:,}",
+        f"{'service':10} {'RSS then':>10} {'RSS end':>10} {'B/msg':>7} "
+        f"{'disk then':>11} {'disk end':>11} {'B/msg':>7}",
+    ]
+    for service in sorted(end):
+        if service not in mid:
+            continue
+        lines.append(
+            f"{service:10} {mid[service]['rss'] / 2**20:9.1f}M {end[service]['rss'] / 2**20:9.1f}M "
+            f"{growth[service]['rss']:7.1f} {mid[service]['disk'] / 2**20:10.1f}M "
+            f"{end[service]['disk'] / 2**20:10.1f}M {growth[service]['disk']:7.1f}"
+        )
+    return "\n".join(lines)

@@ -561,7 +561,7 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 class LifecycleProjection(LogFollower):
     """A :class:`LifecycleStore` fed from Kafka in the background."""
 
-    #: How often settled messages past their retention are pruned.
+    #: At most this long between two prunings of settled messages past their retention.
     PRUNE_EVERY = 3600.0
 
     def __init__(
@@ -577,6 +577,8 @@ class LifecycleProjection(LogFollower):
         self.store = LifecycleStore(path)
         self.clock = clock or SystemClock()
         self.retention = settings.lifecycle_retention
+        #: how often settled messages past their retention are pruned
+        self.prune_every = min(self.PRUNE_EVERY, self.retention / 2)
         self._pruned_at = 0.0
 
     def start_offsets(self) -> dict[tuple[str, int], int]:
@@ -590,7 +592,7 @@ class LifecycleProjection(LogFollower):
         ]
         await asyncio.to_thread(self.store.apply, records)
         now = self.clock.now()
-        if now - self._pruned_at >= self.PRUNE_EVERY:
+        if now - self._pruned_at >= self.prune_every:
             self._pruned_at = now
             gone = await asyncio.to_thread(self.store.prune, now, self.retention)
             if gone:

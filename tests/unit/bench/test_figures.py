@@ -94,3 +94,23 @@ def test_every_row_goes_into_the_json_with_its_ceiling_and_ratio(tmp_path: Path)
     assert any(f.startswith("ceiling: smtp-source") for f in figs)
     # the printed table carries the same ratios
     assert "0.50x" in report.table(r) and "0.10x" in report.table(r)
+
+
+def test_the_soak_table_shows_growth_per_message() -> None:
+    from bench.report import soak_table
+
+    mb = 2**20
+    soak = {
+        "messages": 200_000,
+        "checkpoint": 100_000,
+        "rate_asked": 1_000,
+        "seconds": 210.0,
+        "complete": True,
+        "at_checkpoint": {"timer": {"rss": 100 * mb, "disk": 10 * mb}},
+        "at_end": {"timer": {"rss": 101 * mb, "disk": 10 * mb}},
+        "growth_bytes_per_message": {"timer": {"rss": mb / 100_000, "disk": 0.0}},
+    }
+    text = soak_table(soak)
+    assert "200,000 messages at 1,000/s" in text and "complete" in text
+    row = next(line for line in text.splitlines() if line.startswith("timer"))
+    assert "100.0M" in row and "101.0M" in row and "10.5" in row and "0.0" in row

@@ -1,0 +1,89 @@
+"""Soak: many messages through the whole pipeline at a steady rate, and what each process holds
+afterwards. Memory (RSS) and disk of every service are read once the first ``checkpoint``
+messages have been delivered and again at the end; their growth per message between the two
+is the figure: about zero when every piece of state is bounded (docs/operations.md, "State
+over months").
+
+The retention windows are shortened for the run (``SOAK_ENV``), so that what a month of
+traffic would prune is pruned within the soak: the lifecycle projection's settled messages
+and the sender's dedupe window after 60 s."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.harness import Pipeline, dir_bytes, end_offsets, rss_of, wait_consumed
+from bench.load import paced, scheduled
+from schemas.codec import encode
+
+TAG = "soak"
+AHEAD = 2
+#: retention shortened so that it applies within the soak (seconds)
+SOAK_ENV = {"KAIROS_LIFECYCLE_RETENTION": "60", "KAIROS_DEDUPE_LOOKBACK": "60"}
+
+
+def holdings(p: Pipeline) -> dict[str, dict[str, int]]:
+    """RSS of each service process, and the bytes of its state on disk."""
+    state = p.base / "state"
+    disk = {
+        "timer": dir_bytes(state / "timer"),
+        "ingest": sum(f.stat().st_size for f in state.glob("lifecycle-*.sqlite3*")),
+        "validator": 0,
+        "sender": 0,
+    }
+    return {
+        service: {"rss": rss_of(proc.pid), "disk": disk.get(service, 0)}
+        for service, proc in p.procs.items()
+    }
+
+
+async def drained(p: Pipeline, deadline: float) -> bool:
+    """Until the timer has taken in everything written, and the sender has handled every
+    dispatch (by their groups' committed offsets)."""
+    for topic, group in (("schedule", "timer"), ("dispatch", "sender")):
+        ends = await end_offsets(p.bootstrap, p.topic(topic))
+        if await wait_consumed(p.bootstrap, p.settings.group(group), p.topic(topic), ends,
+                               deadline) is None:  # fmt: skip
+            return False
+    return True
+
+
+async def soak(
+    p: Pipeline, account: str, n: int, per_s: int, checkpoint: int, drain: float
+) -> dict[str, Any]:
+    """``n`` messages at ``per_s`` a second, each due ``AHEAD`` s after it is written; the
+    holdings after ``checkpoint`` of them and after all, and the growth per message."""
+
+    def make(mid: str) -> tuple[bytes, bytes]:
+        return mid.encode(), encode(scheduled(account, mid, int(time.time()) + AHEAD))
+
+    started = time.time()
+    first = await paced(p.bootstrap, p.topic("schedule"), per_s, checkpoint / per_s, make, TAG)
+    ok_first = await drained(p, time.monotonic() + drain)
+    mid = holdings(p)
+    rest = await paced(
+        p.bootstrap, p.topic("schedule"), per_s, (n - checkpoint) / per_s, make, TAG + "2"
+    )
+    ok_rest = await drained(p, time.monotonic() + drain)
+    end = holdings(p)
+    written_mid, written = len(first), len(first) + len(rest)
+    growth = {
+        service: {
+            what: (end[service][what] - mid[service][what]) / max(1, written - written_mid)
+            for what in ("rss", "disk")
+        }
+        for service in end
+        if service in mid
+    }
+    return {
+        "messages": written,
+        "checkpoint": written_mid,
+        "rate_asked": per_s,
+        "seconds": round(time.time() - started, 1),
+        "complete": ok_first and ok_rest,
+        "at_checkpoint": mid,
+        "at_end": end,
+        "growth_bytes_per_message": growth,
+        "env": SOAK_ENV,
+    }

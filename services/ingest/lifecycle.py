@@ -468,8 +468,11 @@ class LifecycleStore:
             ).fetchone()
             if row is None:
                 return None
+            # in the order the events happened: the topics are read independently, so a due
+            # event can be applied before the resume that led to it
             events = self._db.execute(
-                "SELECT * FROM timeline WHERE message_id = ? ORDER BY seq", (message_id,)
+                "SELECT * FROM timeline WHERE message_id = ? ORDER BY julianday(at), seq",
+                (message_id,),
             ).fetchall()
         out = _summary(row)
         out["timeline"] = [

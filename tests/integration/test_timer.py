@@ -138,7 +138,9 @@ async def all_dues(stack: Stack) -> list[tuple[str, int, float]]:
     offset once its batch's due events are acknowledged): all it emitted up to now, repeats
     included, read to the end offsets (nothing to wait out)."""
     bootstrap = stack.settings.kafka_bootstrap or ""
-    await wait_committed(bootstrap, stack.settings.group("timer"), stack.settings.topic("schedule"))
+    await wait_committed(
+        bootstrap, stack.settings.group("timer"), stack.settings.topic("schedule"), timeout=180
+    )
     records = await read_to_end(bootstrap, stack.settings.topic("due"))
     out = []
     for r in records:

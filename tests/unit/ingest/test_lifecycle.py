@@ -219,3 +219,16 @@ def test_pending_messages_by_the_hour_they_fall_due() -> None:
     counts = log.store.pending_by_hour(now)
     assert len(counts) == 24
     assert counts[0] == 3 and counts[1] == 1 and counts[23] == 1 and sum(counts) == 5
+
+
+def test_the_timeline_is_in_the_order_events_happened_not_the_order_they_were_read() -> None:
+    """The due topic can be read before the schedule stream: a due event applied before the
+    resume that led to it is still listed after it."""
+    log = Log()
+    log.scheduled("m1", 100)
+    log.event("schedule", "pause", "m1", occurred_at="2026-11-24T00:00:01Z")
+    log.event("due", "due", "m1", attempt=1, due_at=100, occurred_at="2026-11-24T00:00:03.5Z")
+    log.event("schedule", "resume", "m1", occurred_at="2026-11-24T00:00:03Z")
+    got = log.store.get(A, "m1")
+    assert got is not None
+    assert [e["type"] for e in got["timeline"]] == ["scheduled", "pause", "resume", "due"]

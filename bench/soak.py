@@ -10,7 +10,9 @@ and the sender's dedupe window after 60 s."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.harness import Pipeline, dir_bytes, end_offsets, rss_of, wait_consumed
@@ -23,12 +25,29 @@ AHEAD = 2
 SOAK_ENV = {"KAIROS_LIFECYCLE_RETENTION": "60", "KAIROS_DEDUPE_LOOKBACK": "60"}
 
 
+def sqlite_in_use(path: Path) -> int:
+    """Bytes of a SQLite database's pages in use: its file keeps its high-water mark (pages
+    freed by pruning are reused, not returned), so the file size is not what it holds."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            free = db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = db.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return int((pages - free) * size)
+
+
 def holdings(p: Pipeline) -> dict[str, dict[str, int]]:
-    """RSS of each service process, and the bytes of its state on disk."""
+    """RSS of each service process, and the bytes of its state on disk (ingest: the lifecycle
+    projection's pages in use)."""
     state = p.base / "state"
     disk = {
         "timer": dir_bytes(state / "timer"),
-        "ingest": sum(f.stat().st_size for f in state.glob("lifecycle-*.sqlite3*")),
+        "ingest": sum(sqlite_in_use(f) for f in state.glob("lifecycle-*.sqlite3")),
         "validator": 0,
         "sender": 0,
     }

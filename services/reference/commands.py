@@ -229,13 +229,19 @@ def add_suppression(
     now: datetime,
     *,
     exists_ok: bool = False,
+    message_id: str | None = None,
 ) -> Record:
     _account(state, account_id)
     a = normalize_address(address)
     if state.suppression(account_id, a) is not None and not exists_ok:
         raise RefError(409, "SUPPRESSION_EXISTS", f"{a} is already suppressed", "address")
     s = SuppressionState(
-        occurred_at=now, account_id=account_id, address=a, reason=reason, added_at=now
+        occurred_at=now,
+        account_id=account_id,
+        address=a,
+        reason=reason,
+        added_at=now,
+        message_id=message_id,
     )
     return Record("suppressions", suppression_key(account_id, a), s)
 

@@ -603,6 +603,11 @@ _ADDRESS = {
 _ADDRESSES = {"type": "array", "items": _ADDRESS}
 _HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
 #: The documented shape of a ``/v3/mail/send`` body (validated by hand, for SendGrid's errors).
+_SEND_AT_LOCAL = {
+    "type": "string",
+    "description": "Kairos: a local wall time (2026-12-24T09:00:00, or 09:00:00 for today) in "
+    "custom_args.timezone (else the account's default zone); instead of send_at",
+}
 _MAIL_SEND_BODY = {
     "required": True,
     "content": {
@@ -625,6 +630,13 @@ _MAIL_SEND_BODY = {
                                 "subject": {"type": "string"},
                                 "headers": _HEADERS,
                                 "send_at": {"type": "integer"},
+                                "send_at_local": _SEND_AT_LOCAL,
+                                "custom_args": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "description": "timezone: the IANA zone of this "
+                                    "personalization's send_at_local (Kairos)",
+                                },
                             },
                         },
                     },
@@ -656,6 +668,33 @@ _MAIL_SEND_BODY = {
                     },
                     "headers": _HEADERS,
                     "send_at": {"type": "integer"},
+                    "send_at_local": _SEND_AT_LOCAL,
+                    "if_passed": {
+                        "type": "string",
+                        "enum": ["next_day", "send_now", "skip"],
+                        "description": "Kairos: when send_at_local has passed in a zone "
+                        "(skipped ids in X-Kairos-Rejected)",
+                    },
+                    "deliver_within": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 86400,
+                        "description": "Kairos: spread the messages evenly over this many "
+                        "seconds after their time, by message id",
+                    },
+                    "max_per_minute": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Kairos: at most this many messages due a minute",
+                    },
+                    "list_unsubscribe": {
+                        "type": "boolean",
+                        "description": "Kairos: RFC 8058 one-click unsubscribe headers",
+                    },
+                    "custom_args": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                    },
                     "batch_id": {"type": "string"},
                     "mail_settings": {
                         "type": "object",

@@ -67,8 +67,8 @@ _PAGE = """<!doctype html>
 """
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body), status_code=status)
+def page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body))
 
 
 def unsubscribe_router(view: Suppressions, writer: Writer, key: bytes, clock: Clock) -> APIRouter:
@@ -81,12 +81,16 @@ def unsubscribe_router(view: Suppressions, writer: Writer, key: bytes, clock: Cl
             status_code=400,
         )
 
-    @router.get("/u/{token}", response_class=HTMLResponse)
+    @router.get(
+        "/u/{token}",
+        response_class=HTMLResponse,
+        responses={400: {"description": "INVALID_UNSUBSCRIBE_TOKEN (the error shape)"}},
+    )
     async def confirm(token: str) -> Response:
         """A confirmation page: a button that POSTs (a GET changes nothing)."""
         unsub = read_token(key, token)
         if unsub is None or view.account(unsub.account_id) is None:
-            return page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+            return invalid()
         form = (
             '<form method="post">'
             f'<input type="hidden" name="{ONE_CLICK[0]}" value="{ONE_CLICK[1]}">'

@@ -304,3 +304,26 @@ def test_list_unsubscribe_marks_single_recipient_messages() -> None:
     marks = [e.content.list_unsubscribe for e in k.scheduled()]
     assert marks == [True, False, False, True]
     assert isinstance(k.scheduled()[0], Scheduled)
+
+
+def test_the_lifecycle_api_shows_each_messages_own_due_second_and_the_skipped() -> None:
+    from schemas.codec import encode
+    from services.ingest.lifecycle import LifecycleStore, Record
+
+    k = ingest(FakeClock(PASSED_NOW))
+    to = [*TWO, {"email": "tokyo@example.org", "timezone": "Asia/Tokyo"}]
+    r = post(k, email(to=to, sendAt={"local": "09:00", "ifPassed": "skip"}, deliverWithin=600))
+    assert r.status_code == 202, r.text
+    store = LifecycleStore(":memory:")
+    for offset, event in enumerate(k.publisher.events):
+        topic = "outcomes" if isinstance(event, Failed) else "schedule"
+        store.apply([Record(topic, 0, offset, encode(event))])
+    for m in r.json()["messages"]:
+        got = store.get(ACCOUNT, m["id"])
+        assert got is not None and (got["scheduled_at"], got["to"]) == (m["scheduled_at"], m["to"])
+    rejected = r.json()["rejected"]
+    assert sorted(x["to"][0] for x in rejected) == ["london@example.org", "tokyo@example.org"]
+    for skipped in rejected:
+        got = store.get(ACCOUNT, skipped["id"])
+        assert got is not None and got["status"] == "failed"
+        assert got["timeline"][-1]["reason"] == "local_time_passed"

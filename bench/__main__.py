@@ -41,7 +41,9 @@ from kairos.settings import KairosSettings
 from schemas.registry import MESSAGE_PARTITIONS
 
 RESULTS = Path(__file__).parent / "results"
-SCENARIOS = ("ceiling", "submission", "steady", "burst", "large", "stages", "timer", "soak")
+SCENARIOS = (
+    "ceiling", "submission", "steady", "burst", "spread", "large", "stages", "timer", "soak"
+)  # fmt: skip
 #: run only when asked for (``--only soak``): it takes as long as its messages need
 OPT_IN = {"soak"}
 ALL = ("ingest", "timer", "validator", "sender")
@@ -202,10 +204,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     r["cpu"]["steady"] = cpu.figures(
                         used, r["steady"]["written"], raw["1k"], "1k", wall, cpu.NO_INGEST
                     )
-        for name, letter, size, n, alone in (
-            ("burst", "b", "1k", args.n, False),
-            ("large", "l", "64k", args.large_n, False),
-            ("stages", "s", "1k", args.stage_n, True),
+        for name, letter, size, n, alone, within in (
+            ("burst", "b", "1k", args.n, False, 0),
+            ("spread", "p", "1k", args.n, False, args.spread_within),
+            ("large", "l", "64k", args.large_n, False, 0),
+            ("stages", "s", "1k", args.stage_n, True, 0),
         ):
             if name not in only:
                 continue
@@ -215,7 +218,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 account, _ = p.create_account()
                 b = await phase(
                     name,
-                    burst(p, account, n, args.burst_lead, args.burst_cap, broker, size, alone),
+                    burst(
+                        p, account, n, args.burst_lead, args.burst_cap, broker, size, alone, within
+                    ),
                 )
             r[name] = b
             kind = "hop alone" if alone else size
@@ -346,6 +351,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "stage_n": 2_000,
         "soak_n": 20_000,
         "soak_checkpoint": 5_000,
+        "spread_within": 30,
     }
     full = {
         "n": 100_000,
@@ -361,6 +367,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "stage_n": 20_000,
         "soak_n": 1_000_000,
         "soak_checkpoint": 100_000,
+        "spread_within": 120,
     }
     add = parser.add_argument
     add("--quick", action="store_true", help="a small run (about 4 minutes)")
@@ -381,6 +388,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "1,000,000; quick 10,000)",
     )
     add("--timer-cap", type=float, help="wait for the timer to take them in (default 300 s)")
+    add(
+        "--spread-within",
+        type=int,
+        help="the spread scenario's deliverWithin: the burst over this many seconds "
+        "(default 120 s; quick 30 s)",
+    )
     add("--large-n", type=int, help="messages of 64 KiB in the large scenario (2,000; quick 300)")
     add(
         "--stage-n",

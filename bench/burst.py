@@ -1,4 +1,5 @@
-"""Burst: N messages all due in the same second.
+"""Burst: N messages all due in the same second (or, with ``within``, the same N spread over
+``within`` seconds after it, as ``deliverWithin`` places them: the ``spread`` scenario).
 
 The messages are written straight into the schedule stream (as ingest writes them) and the due
 second is chosen so that the timer holds all of them before it comes: a probe measures how fast
@@ -27,6 +28,7 @@ from bench.harness import (
     wait_consumed,
 )
 from bench.load import build, event_size, produce, rate, spread, thin
+from services.ingest.spread import Spread
 
 TAG = "burst"
 WARM = "warm"
@@ -58,6 +60,7 @@ async def burst(
     broker: Broker | None = None,
     size: str = "1k",
     alone: bool = False,
+    within: int = 0,
 ) -> dict[str, Any]:
     """Runs the burst. The timer is given up to ``lead`` seconds after the schedules are
     written to take them in before they fall due; figures are then gathered for up to ``cap``
@@ -70,7 +73,11 @@ async def burst(
     are stopped (SIGSTOP) before the due second; the timer fires alone; once every due event
     is out the validator is resumed and drains the due stream alone, then the sender the
     dispatch stream. Each stage's clock starts when it is given its input (the due second for
-    the timer, its SIGCONT for the others), as each hop of the raw relay's starts."""
+    the timer, its SIGCONT for the others), as each hop of the raw relay's starts.
+
+    ``within``: the messages are due over ``within`` seconds from the due second, at the seconds
+    ``deliverWithin`` gives them (:class:`services.ingest.spread.Spread`); lateness is then
+    also measured from each message's own due second (``delivery_lateness_own``)."""
     due_watch = TopicWatch(p.bootstrap, p.topic("due"), TAG)
     out_watch = TopicWatch(p.bootstrap, p.topic("outcomes"), TAG)
     dispatch_watch = TopicWatch(p.bootstrap, p.topic("dispatch"), TAG)
@@ -91,7 +98,8 @@ async def burst(
         wait = min(n / intake * 1.25, lead)
         due = math.ceil(time.time() + n * per_build * 1.2 + 3 + wait)
         before = await end_offsets(p.bootstrap, schedule)
-        records = build(account, TAG, n, lambda i: due, size)
+        offsets = Spread(within=within).offsets([str(i) for i in range(n)], [0] * n)
+        records = build(account, TAG, n, lambda i: due + offsets[i], size)
         data_dir = broker.data_dir if broker else None
         bytes_before = log_bytes(data_dir, p.prefix)
         inject_started = time.time()
@@ -114,7 +122,7 @@ async def burst(
         await asyncio.sleep(max(0.0, due - time.time()))
         intake_ms = intake_cpu.stop()
         fire_cpu = cpu.Window(pids).start()
-        until = time.monotonic() + (due + cap - time.time())
+        until = time.monotonic() + (due + within + cap - time.time())
         if held is None:
             held = await wait_consumed(p.bootstrap, group, schedule, ends, until)
         sink_before = p.sink.count
@@ -145,6 +153,7 @@ async def burst(
     result.update(
         {
             "size": size,
+            "spread_seconds": within,
             "lead_seconds": lead,
             "cap_seconds": cap,
             "complete": complete,
@@ -262,6 +271,10 @@ def figures(due: int, n: int, dues: list[Seen], outs: list[Seen]) -> dict[str, A
         # lateness as the events say it (emitted_at, delivered_at minus the due second)
         "due_lateness": spread([(s.at or math.inf) - due for s in dues] + missing_due),
         "delivery_lateness": spread([(s.at or math.inf) - due for s in delivered] + missing_out),
+        # from each message's own due second (the same as above unless spread)
+        "delivery_lateness_own": spread(
+            [(s.at or math.inf) - s.due_at for s in delivered] + missing_out
+        ),
         "early": early_due + early_out,
         "series": {
             "due_arrivals": thin(due_arrivals),

@@ -146,6 +146,8 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             ceil = relay if key == "burst" else (r.get("raw_relay_large") or {})
             mail = smtp if key == "burst" else (r.get("smtp_ceiling_large") or {})
             out += burst_rows(key, b, ceil, mail)
+    if r.get("spread"):
+        out += spread_rows(r["spread"], r.get("burst"))
     st = r.get("stages")
     if st:
         hop = r.get("raw_hop") or {}
@@ -277,6 +279,47 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def counts_row(name: str, b: dict[str, Any]) -> Row:
+    """Delivered, failed and early messages of a burst (unique ids); early must be 0."""
+    failed = sum(b["failed"].values())
+    return row(
+        f"{name}: delivered / failed / early (unique ids)",
+        f"{b['delivered']:,} / {failed:,} / {b['early']:,}",
+        "",
+        aim(b["early"] == 0, "early = 0"),
+        [b["delivered"], failed, b["early"]],
+    )
+
+
+def quantiles(d: dict[str, Any], cap: float | None = None) -> str:
+    """``p50 / p99 / max s`` of a lateness spread."""
+    return f"{num(d['p50'], '', cap)} / {num(d['p99'], '', cap)} / {num(d['max'], ' s', cap)}"
+
+
+def spread_rows(b: dict[str, Any], burst: dict[str, Any] | None) -> list[Row]:
+    """The spread burst (``deliverWithin``) beside the burst all due in one second: delivery
+    lateness from each message's own due second, the burst's in the ceiling column."""
+    cap = b["cap_seconds"] + b["spread_seconds"]
+    own = b["delivery_lateness_own"]
+    peak = (burst or {}).get("delivery_lateness") or {}
+    name = f"spread {b['n']:,} over {b['spread_seconds']} s"
+    burst_text = quantiles(peak) if peak else ""
+    return [
+        row(
+            f"{name}: delivery lateness p50 / p99 / max (own second; burst's)",
+            quantiles(own, cap),
+            burst_text,
+            "",
+            [own["p50"], own["p99"], own["max"]],
+            peak.get("p99"),
+        )._replace(
+            ratio=ratio(own["p99"], peak.get("p99")),
+            ratio_value=_ratio(own["p99"], peak.get("p99")),
+        ),
+        counts_row(name, b),
+    ]
+
+
 def burst_rows(
     key: str, b: dict[str, Any], relay: dict[str, Any], smtp: dict[str, Any]
 ) -> list[Row]:
@@ -348,13 +391,7 @@ def burst_rows(
             f"{num(ol['p50'], '', cap)} / {num(ol['p99'], '', cap)} / {num(ol['max'], ' s', cap)}",
             value=[ol["p50"], ol["p99"], ol["max"]],
         ),
-        row(
-            f"{name}: delivered / failed / early (unique ids)",
-            f"{b['delivered']:,} / {sum(b['failed'].values()):,} / {b['early']:,}",
-            "",
-            aim(b["early"] == 0, "early = 0"),
-            [b["delivered"], sum(b["failed"].values()), b["early"]],
-        ),
+        counts_row(name, b),
         row(
             f"{name}: duplicates: due events / outcomes",
             f"{b.get('due_duplicates', 0):,} / {b.get('outcome_duplicates', 0):,}",

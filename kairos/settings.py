@@ -166,6 +166,23 @@ class KairosSettings(BaseSettings):
         default=None, description="Folder of DKIM private keys, one <domain>.pem per domain."
     )
     dkim_selector: str = Field(default="kairos", description="DKIM selector.")
+    unsubscribe_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs one-click unsubscribe links (HMAC); the sender and ingest "
+        "need the same. Unset: generated into <state_dir>/unsubscribe-key (the embedded "
+        "default); set it when the services do not share a state directory.",
+    )
+    unsubscribe_url: str | None = Field(
+        default=None,
+        description="Public base URL of the ingest HTTP API that unsubscribe links point to "
+        "(https://mail.example.com: links are <url>/u/<token>). Unset: "
+        "http://<http_host>:<http_port>.",
+    )
+    unsubscribe_mailto: str | None = Field(
+        default=None,
+        description="An address to add to List-Unsubscribe as a mailto: link (subject "
+        "'unsubscribe <token>'); unset: the one-click link only.",
+    )
 
     # -- dev sink ----------------------------------------------------------------------------
     sink_host: str = Field(default="127.0.0.1", description="Dev SMTP sink bind address.")

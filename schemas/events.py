@@ -64,6 +64,12 @@ class MessageContent(BaseModel):
         default="utf-8", description="utf-8: mime is the text itself; base64: of the raw bytes."
     )
     size: int = Field(ge=0, description="Size of the raw message in bytes.")
+    list_unsubscribe: bool = Field(
+        default=False,
+        exclude_if=lambda v: not v,  # not written at all when off
+        description="Add RFC 8058 one-click unsubscribe headers (List-Unsubscribe, "
+        "List-Unsubscribe-Post) when sending; its one recipient's link suppresses them.",
+    )
 
     def raw(self) -> bytes:
         """The raw message bytes."""

@@ -37,7 +37,12 @@ class AccountState(Event):
     time_zone: str | None = Field(
         default=None,
         description="IANA time zone for times that name none (Resend's natural-language "
-        "scheduled_at); UTC when unset.",
+        "scheduled_at) and the default zone of local-time sends (sendAt.local); UTC when unset.",
+    )
+    list_unsubscribe: bool | None = Field(
+        default=None,
+        description="Add RFC 8058 one-click unsubscribe headers to the account's "
+        "single-recipient messages unless a submission says otherwise; off when unset.",
     )
 
 
@@ -75,6 +80,11 @@ class SuppressionState(Event):
     address: str
     reason: SuppressionReason
     added_at: datetime
+    message_id: str | None = Field(
+        default=None,
+        description="The message it came from (the one whose unsubscribe link was used, or "
+        "that bounced), if any.",
+    )
 
 
 class BatchState(Event):

@@ -107,7 +107,7 @@ TOPICS: tuple[TopicSpec, ...] = (
         partitions=MESSAGE_PARTITIONS,
         cleanup_policy="delete",
         retention_ms=30 * DAY_MS,
-        producers=("timer", "validator", "sender"),
+        producers=("ingest", "timer", "validator", "sender"),
         consumers=("analytics", "ingest"),
     ),
     TopicSpec(

@@ -3,37 +3,132 @@
 
 from __future__ import annotations
 
+import email.utils
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from kairos import tracing
 from kairos.logging import get_logger
 from kairos.metrics import REJECTED
 from schemas.reference import AccountState, BatchState, DomainState, SuppressionState
-from services.ingest.compose import EmailRequest, SubmitError, check_unicode, compose, error_body
+from services.ingest.compose import (
+    EmailRequest,
+    SubmitError,
+    check_line,
+    check_unicode,
+    compose,
+    error_body,
+)
 from services.ingest.idempotency import body_digest
 from services.ingest.mailgun import mailgun_error
 from services.ingest.manage import authenticate
 from services.ingest.resend import from_submit
-from services.ingest.schedule import ScheduleError, requested_at
+from services.ingest.schedule import (
+    LocalWhen,
+    PassedPolicy,
+    Requested,
+    ScheduleError,
+    check_zone,
+    local_request,
+    requested_at,
+)
+from services.ingest.spread import read_spread
 from services.ingest.submit import Accepted, Draft, Submission, Submitter
 from services.reference.admin import install_error_handler
 
 log = get_logger("kairos.ingest")
 
 
+class MessageAnswer(BaseModel):
+    id: str
+    to: list[str]
+    scheduled_at: int | None = Field(description="Its own due second (null: sent at once).")
+
+
+class RejectedAnswer(BaseModel):
+    id: str = Field(description="The message id its failed outcome is recorded under.")
+    to: list[str]
+    reason: str = Field(description="Stable reason: local_time_passed.")
+
+
 class ScheduledResponse(BaseModel):
     id: str
     response: str
     scheduled_at: int
+    messages: list[MessageAnswer] | None = Field(
+        default=None,
+        description="Every message, when the request became several (recipients in several "
+        "time zones) or was spread, or some recipients were rejected.",
+    )
+    rejected: list[RejectedAnswer] | None = Field(
+        default=None,
+        description="Recipients not scheduled (their local time had passed, ifPassed: skip).",
+    )
+
+
+class RecipientIn(BaseModel):
+    """A recipient with its own time zone (for ``sendAt.local``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str
+    name: str | None = None
+    timezone: str | None = Field(
+        default=None, description="IANA time zone of this recipient, e.g. Asia/Kolkata."
+    )
+
+
+class LocalSendAt(BaseModel):
+    """A wall time in the recipients' zones instead of an instant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    local: str = Field(
+        description="Wall time without an offset: 2026-12-24T09:00:00, or 09:00:00 (today in "
+        "each zone). A time skipped by a DST change moves to the end of the gap; a time that "
+        "occurs twice is its first occurrence."
+    )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA zone for recipients that name none; unset: the account's default "
+        "zone, else UTC.",
+    )
+    ifPassed: PassedPolicy | None = Field(
+        default=None,
+        description="When the time has passed in a zone: next_day (default: the same wall "
+        "time the next day), send_now, or skip (its recipients are rejected, reason "
+        "local_time_passed).",
+    )
+
+
+class EmailBody(EmailRequest):
+    """The body of ``POST /email``: JetEmail's fields and Kairos's extensions."""
+
+    to: str | list[str | RecipientIn]  # type: ignore[assignment]
+    sendAt: LocalSendAt | None = None
+    deliverWithin: int | None = Field(
+        default=None,
+        description="Spread the messages evenly over this many seconds after their time, each "
+        "by its id (1 to 86400).",
+    )
+    maxPerMinute: int | None = Field(
+        default=None, description="Spread the messages so that at most this many are due a minute."
+    )
+    listUnsubscribe: bool | None = Field(
+        default=None,
+        description="RFC 8058 one-click unsubscribe headers (one recipient per message); "
+        "unset: the account's setting.",
+    )
 
 
 class SentResponse(BaseModel):
@@ -164,25 +259,97 @@ def email_submission(
     not one."""
     check_unicode(body)
     try:
-        req = EmailRequest.model_validate(body)
-        when = requested_at(body)
+        when: Requested | None = requested_at(body)
+        if body.get("sendAt") is not None:
+            if when is not None:
+                raise ScheduleError(
+                    "SCHEDULED_AT_CONFLICT", "give sendAt or scheduledAt, not both", "sendAt"
+                )
+            when = local_request(body["sendAt"])
+        groups = recipient_zones(body.get("to"), isinstance(when, LocalWhen))
+        req = EmailBody.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or None
         raise SubmitError("INVALID_REQUEST", first["msg"], field) from exc
     except ScheduleError as exc:
         raise SubmitError(exc.code, exc.message, exc.field) from exc
+    if len(groups) > 1 and (req.cc or req.bcc):
+        raise SubmitError(
+            "LOCAL_TIME_WITH_CC",
+            "recipients in several time zones become one message per zone; cc and bcc "
+            "cannot be shared between them",
+            "cc",
+        )
+    common = {k: v for k, v in body.items() if k not in _EXTENSIONS}
+    drafts = []
+    for zone, to in groups.items():
+        each = EmailRequest.model_validate({**common, "to": to})
+        request = when
+        if isinstance(when, LocalWhen) and zone is not None:
+            request = replace(when, zone=zone)
+        drafts.append(Draft(partial(compose, each), request))
     return Submission(
         account,
         "http",
-        [Draft(lambda message_id: compose(req, message_id), when)],
+        drafts,
         idempotency_key=idempotency_key,
         digest=body_digest(body),
-    )
+        spread=read_spread(body.get("deliverWithin"), body.get("maxPerMinute"),
+                           ("deliverWithin", "maxPerMinute")),
+        list_unsubscribe=_flag(body.get("listUnsubscribe"), "listUnsubscribe"),
+    )  # fmt: skip
+
+
+#: The fields of ``POST /email`` that are Kairos's own (not JetEmail's).
+_EXTENSIONS = frozenset({"to", "sendAt", "deliverWithin", "maxPerMinute", "listUnsubscribe"})
+
+
+def _flag(value: Any, field: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise SubmitError("INVALID_REQUEST", "must be true or false", field)
+    return value
+
+
+def recipient_zones(to: Any, local: bool) -> dict[str | None, list[str]]:
+    """The ``to`` of a ``POST /email`` body grouped by recipient time zone (pure; None: the
+    request's zone), each recipient as an address string. A recipient may be an object with
+    ``email``, ``name`` and ``timezone``; a timezone needs a local ``sendAt``
+    (``TIMEZONE_WITHOUT_LOCAL_TIME``)."""
+    items = to if isinstance(to, list) else [to]
+    groups: dict[str | None, list[str]] = {}
+    for i, item in enumerate(items):
+        field = f"to[{i}]"
+        if not isinstance(item, dict):
+            groups.setdefault(None, []).append(item)
+            continue
+        address, name, zone = item.get("email"), item.get("name"), item.get("timezone")
+        if not isinstance(address, str) or (name is not None and not isinstance(name, str)):
+            raise SubmitError("INVALID_REQUEST", "a recipient is {email, name, timezone}", field)
+        if set(item) - {"email", "name", "timezone"}:
+            raise SubmitError("INVALID_REQUEST", "a recipient is {email, name, timezone}", field)
+        if zone is not None and not local:
+            raise SubmitError(
+                "TIMEZONE_WITHOUT_LOCAL_TIME",
+                "a recipient's timezone needs sendAt: {local: ...}",
+                f"{field}.timezone",
+            )
+        zone = check_zone(zone, f"{field}.timezone") if zone is not None else None
+        check_line(address, f"{field}.email")
+        try:
+            text = email.utils.formataddr((name, address)) if name else address
+        except UnicodeEncodeError as exc:  # formataddr takes only an ASCII address
+            raise SubmitError(
+                "INVALID_ADDRESS", f"{address[:60]!r} is not an email address", f"{field}.email"
+            ) from exc
+        groups.setdefault(zone, []).append(text)
+    return groups
 
 
 def email_answer(accepted: Accepted) -> JSONResponse:
-    """201 for an immediate send, 202 with the due second for a scheduled one."""
+    """201 for an immediate send, 202 with the due second for a scheduled one (the first
+    message's; with several messages or rejected recipients, each under ``messages`` and
+    ``rejected``)."""
     message_id, due = accepted.ids[0], accepted.dues[0]
     if due is None:
         answer: dict[str, Any] = {"id": message_id, "response": f"Queued as {message_id}"}
@@ -192,7 +359,11 @@ def email_answer(accepted: Accepted) -> JSONResponse:
             "scheduled_at": due,
             "response": f"Scheduled as {message_id} for {due}",
         }
-    response = JSONResponse(answer, status_code=201 if due is None else 202)
+    if len(accepted.ids) > 1 or accepted.rejected:
+        answer["messages"] = accepted.messages()
+        answer["rejected"] = [r.json() for r in accepted.rejected]
+    scheduled = any(d is not None for d in accepted.dues)
+    response = JSONResponse(answer, status_code=202 if scheduled else 201)
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -267,7 +438,7 @@ def create_app(
                 "required": True,
                 "content": {
                     "application/json": {
-                        "schema": _inline_schema(EmailRequest),
+                        "schema": _inline_schema(EmailBody),
                         "example": {
                             "from": "Hello <hello@example.com>",
                             "to": "user@example.org",

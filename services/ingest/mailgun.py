@@ -244,11 +244,15 @@ async def mime_submission(account: AccountState, form: FormData) -> Submission:
     raw = await parts[0].read()
     message = read_submission(raw)
     try:
-        plan = plan_schedule(message.scheduled_at, message.smtpapi, to, message.deliver_by)
+        plan = plan_schedule(
+            message.scheduled_at, message.smtpapi, to, message.deliver_by, message.send_local
+        )
     except ScheduleError as exc:
         raise SubmitError(exc.code, exc.message, exc.field) from exc
     if when is not None:
-        if any(w is not None and w.at != when.at for _, w in plan.messages):
+        if any(
+            w is not None and (not isinstance(w, When) or w.at != when.at) for _, w in plan.messages
+        ):
             raise SubmitError(
                 "SCHEDULED_AT_CONFLICT",
                 "o:deliverytime and the message's own time header differ",

@@ -15,7 +15,7 @@ from kairos.kafka.producer import (
     TransactionalProducer,
 )
 from schemas.codec import encode
-from schemas.events import CancelRequested, MessageEvent, Scheduled
+from schemas.events import CancelRequested, Failed, MessageEvent, Scheduled
 
 
 class Publisher(Protocol):
@@ -56,9 +56,12 @@ class KafkaPublisher:
         topic: str,
         clock: Clock,
         timeout: float = 10.0,
+        outcomes: str | None = None,
     ) -> None:
         self.transactions, self.producer = transactions, producer
         self.topic, self.clock, self.timeout = topic, clock, timeout
+        #: where a submission's ``failed`` outcomes go (recipients refused at submit time)
+        self.outcomes = outcomes
         self.started = False
         self._withdrawals: set[asyncio.Task[Any]] = set()
 
@@ -75,12 +78,20 @@ class KafkaPublisher:
             else e
             for e in events
         ]
-        records = [Record(self.topic, encode(e), e.message_id.encode()) for e in stamped]
+        records = [Record(self._topic_of(e), encode(e), e.message_id.encode()) for e in stamped]
         try:
             await self.transactions.publish(records, self.timeout)
         except PublishFailed as exc:
             self._withdraw([e for e in stamped if isinstance(e, Scheduled)])
             raise PublishError(str(exc) or type(exc).__name__) from exc
+
+    def _topic_of(self, event: MessageEvent) -> str:
+        """The schedule stream; the outcomes topic for a ``failed`` outcome."""
+        if isinstance(event, Failed):
+            if self.outcomes is None:
+                raise PublishError("no outcomes topic to record a failed outcome on")
+            return self.outcomes
+        return self.topic
 
     def _withdraw(self, events: Sequence[Scheduled]) -> None:
         async def withdraw() -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import email.utils
 import math
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import time as dt_time
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dateparser
@@ -245,3 +246,166 @@ def parse_rfc2822(value: Any, field: str) -> int:
         return int(moment.timestamp())
     except (OverflowError, ValueError, OSError) as exc:
         raise bad from exc
+
+
+# -- local wall times ---------------------------------------------------------------------------
+
+#: What to do when a local wall time has already passed in its zone.
+PassedPolicy = Literal["next_day", "send_now", "skip"]
+PASSED_POLICIES: tuple[PassedPolicy, ...] = ("next_day", "send_now", "skip")
+#: The stable reason of a recipient skipped because its local time had passed.
+LOCAL_TIME_PASSED = "local_time_passed"
+
+_LOCAL = re.compile(
+    r"^(?:(?P<date>\d{4}-\d{2}-\d{2})[Tt ])?(?P<time>\d{2}:\d{2}(?::\d{2})?)$", re.ASCII
+)
+#: Days a passed local time may move forward under ``next_day`` (a date that is today in one
+#: zone is yesterday in another, up to 26 hours apart).
+_NEXT_DAY_LIMIT = 2
+
+
+class LocalTimePassed(ScheduleError):
+    """A local time that has passed under the ``skip`` policy: its recipients are rejected
+    (code ``LOCAL_TIME_PASSED``, reason :data:`LOCAL_TIME_PASSED`), the others go ahead."""
+
+
+def parse_local(value: Any, field: str = "sendAt.local") -> tuple[date | None, dt_time]:
+    """A local wall time, ``YYYY-MM-DDTHH:MM[:SS]`` or ``HH:MM[:SS]`` (today in its zone), with
+    no offset and no fraction (pure). ScheduleError ``SCHEDULED_AT_INVALID`` otherwise."""
+    bad = ScheduleError(
+        "SCHEDULED_AT_INVALID",
+        "a local time is YYYY-MM-DDTHH:MM:SS or HH:MM:SS, without an offset "
+        "(e.g. 2026-12-24T09:00:00)",
+        field,
+    )
+    if not isinstance(value, str):
+        raise bad
+    match = _LOCAL.fullmatch(value.strip())
+    if match is None:
+        raise bad
+    try:
+        wall = dt_time.fromisoformat(match["time"])
+        day = date.fromisoformat(match["date"]) if match["date"] else None
+    except ValueError as exc:
+        raise bad from exc
+    if day is not None and not 1970 <= day.year <= 9000:
+        raise bad
+    return day, wall
+
+
+def check_zone(name: Any, field: str = "sendAt.timezone") -> str:
+    """``name`` if it is an IANA time zone (``Europe/Berlin``), else ScheduleError
+    ``INVALID_TIME_ZONE``. Pure."""
+    if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
+        raise ScheduleError("INVALID_TIME_ZONE", "an IANA time zone, e.g. Europe/Berlin", field)
+    try:
+        zone_of(name)
+    except ValueError as exc:
+        raise ScheduleError(
+            "INVALID_TIME_ZONE", f"{name[:64]!r} is not an IANA time zone", field
+        ) from exc
+    return name
+
+
+def check_policy(value: Any, field: str = "sendAt.ifPassed") -> PassedPolicy:
+    """One of :data:`PASSED_POLICIES` (None: ``next_day``); ScheduleError otherwise."""
+    if value is None:
+        return "next_day"
+    if value not in PASSED_POLICIES:
+        raise ScheduleError("INVALID_PASSED_POLICY", f"one of {', '.join(PASSED_POLICIES)}", field)
+    return value  # type: ignore[no-any-return]
+
+
+def local_instant(day: date, wall: dt_time, zone: ZoneInfo) -> int:
+    """The unix second at which the clocks of ``zone`` show ``day`` ``wall`` (pure).
+
+    A wall time that does not exist (the hour skipped when clocks spring forward) moves to
+    the first instant after the gap, when the clocks show the gap's end (02:30 in a 02:00 to
+    03:00 gap is 03:00); one that exists twice (clocks falling back) is its first occurrence.
+    Never earlier than the wall time asked for, in that zone."""
+    naive = datetime.combine(day, wall)
+    first = naive.replace(tzinfo=zone, fold=0)
+    instant = int(first.timestamp())
+    if datetime.fromtimestamp(instant, zone).replace(tzinfo=None) == naive:
+        return instant  # exists (fold=0 is the first of two occurrences)
+    # in a gap: fold=0 reads it with the offset before the gap, fold=1 with the one after;
+    # the transition lies between, at the first second that has the offset after the gap
+    lo, hi = sorted((instant, int(naive.replace(tzinfo=zone, fold=1).timestamp())))
+    after = datetime.fromtimestamp(hi, zone).utcoffset()
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == after:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@dataclass(frozen=True)
+class LocalWhen:
+    """A local wall time requested in a zone (None: the account's zone, else UTC), as a front
+    door read it; resolved against ``now`` by the submission core (:meth:`check`). ``day``
+    None: today in the zone. ``if_passed``: what to do when it has passed there."""
+
+    wall: dt_time
+    day: date | None = None
+    zone: str | None = None
+    if_passed: PassedPolicy = "next_day"
+    field: str = "sendAt"
+    limit: int = MAX_HORIZON_SECONDS
+
+    def in_zone(self, default: str | None) -> LocalWhen:
+        """This request with its zone settled (``default``: the account's zone)."""
+        return self if self.zone is not None else replace(self, zone=default or "UTC")
+
+    def resolve(self, now: float) -> int | None:
+        """The due second (pure): the wall time in the zone if still ahead; else by policy
+        the same wall time on a following day (``next_day``), None for at once
+        (``send_now``), or :class:`LocalTimePassed` (``skip``)."""
+        zone = zone_of(self.zone)
+        day = self.day or datetime.fromtimestamp(int(now), zone).date()
+        due = local_instant(day, self.wall, zone)
+        if due > now:
+            return due
+        if self.if_passed == "send_now":
+            return None
+        if self.if_passed == "skip":
+            raise LocalTimePassed(
+                "LOCAL_TIME_PASSED", f"{day}T{self.wall} has passed in {zone.key}", self.field
+            )
+        for days in range(1, _NEXT_DAY_LIMIT + 1):
+            due = local_instant(day + timedelta(days=days), self.wall, zone)
+            if due > now:
+                return due
+        raise ScheduleError(
+            "SCHEDULED_AT_IN_PAST", f"{day}T{self.wall} in {zone.key} is long past", self.field
+        )
+
+    def check(self, now: float, horizon: int) -> int | None:
+        """The due second (None: at once), within ``horizon`` and this door's limit."""
+        due = self.resolve(now)
+        return None if due is None else check_window(due, now, min(horizon, self.limit), self.field)
+
+
+#: A time a draft asks for: an instant, or a wall time in a zone.
+Requested = When | LocalWhen
+
+
+def local_request(value: Any, field: str = "sendAt", limit: int = MAX_HORIZON_SECONDS) -> LocalWhen:
+    """``{"local": "2026-12-24T09:00:00", "timezone": "Europe/Berlin", "ifPassed": "skip"}``
+    (timezone and ifPassed optional) read into a :class:`LocalWhen`; ScheduleError otherwise."""
+    if not isinstance(value, dict):
+        raise ScheduleError("SCHEDULED_AT_INVALID", "an object with local and timezone", field)
+    unknown = sorted(set(value) - {"local", "timezone", "ifPassed"})
+    if unknown:
+        raise ScheduleError("SCHEDULED_AT_INVALID", f"unknown field {unknown[0][:40]!r}", field)
+    day, wall = parse_local(value.get("local"), f"{field}.local")
+    zone = value.get("timezone")
+    return LocalWhen(
+        wall,
+        day,
+        check_zone(zone, f"{field}.timezone") if zone is not None else None,
+        check_policy(value.get("ifPassed"), f"{field}.ifPassed"),
+        field,
+        limit,
+    )

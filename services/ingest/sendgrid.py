@@ -33,7 +33,16 @@ from schemas.reference import AccountState, BatchState
 from services.ingest.compose import EmailRequest, SubmitError, check_line, check_unicode, compose
 from services.ingest.idempotency import body_digest
 from services.ingest.manage import authenticate
-from services.ingest.schedule import When
+from services.ingest.schedule import (
+    LocalWhen,
+    Requested,
+    ScheduleError,
+    When,
+    check_policy,
+    check_zone,
+    parse_local,
+)
+from services.ingest.spread import read_spread
 from services.ingest.submit import BATCH_VALIDITY, Draft, Submission, Submitter, live_batch
 from services.reference.commands import Record
 
@@ -43,7 +52,13 @@ MAX_PERSONALIZATIONS = 1000
 #: Open batch ids an account may hold at once (the setting's default).
 OPEN_BATCH_LIMIT: int = KairosSettings.model_fields["open_batch_limit"].default
 log = get_logger("kairos.ingest.sendgrid")
-#: Accepted and ignored: they change nothing about when or whether a message is sent.
+#: Kairos's extensions of the body: a local wall time (in ``custom_args.timezone``) and what
+#: to do when it has passed, spreading the messages, one-click unsubscribe headers.
+_EXTENSIONS = {
+    "send_at_local", "if_passed", "deliver_within", "max_per_minute", "list_unsubscribe",
+}  # fmt: skip
+#: Accepted and ignored: they change nothing about when or whether a message is sent
+#: (``custom_args.timezone`` is read only with ``send_at_local``).
 _IGNORED = {
     "categories",
     "custom_args",
@@ -185,7 +200,24 @@ def sandboxed(body: dict[str, Any]) -> bool:
     return enable
 
 
-def personalize(body: dict[str, Any]) -> list[tuple[EmailRequest, When | None]]:
+def _local(value: Any, if_passed: Any, zone: Any, fields: tuple[str, str]) -> LocalWhen:
+    """``send_at_local`` (a Kairos extension: a wall time) in ``zone`` (None: the account's
+    default zone). ``fields``: where the time and the zone came from."""
+    try:
+        day, wall = parse_local(value, fields[0])
+        return LocalWhen(
+            wall,
+            day,
+            check_zone(zone, fields[1]) if zone is not None else None,
+            check_policy(if_passed, "if_passed"),
+            fields[0],
+            SENDGRID_HORIZON_SECONDS,
+        )
+    except ScheduleError as exc:
+        raise SubmitError(exc.code, exc.message, exc.field) from exc
+
+
+def personalize(body: dict[str, Any]) -> list[tuple[EmailRequest, Requested | None]]:
     """The messages of a ``/v3/mail/send`` body: one per personalization, with the time it
     asks for (None: now; judged against the clock by the submission core). Raises SubmitError
     for anything SendGrid would refuse (a field of the wrong type is ``INVALID_REQUEST``
@@ -198,7 +230,7 @@ def personalize(body: dict[str, Any]) -> list[tuple[EmailRequest, When | None]]:
             )
     known = {
         "personalizations", "from", "reply_to", "subject", "content", "attachments",
-        "headers", "send_at", "batch_id", "mail_settings", *_IGNORED,
+        "headers", "send_at", "batch_id", "mail_settings", *_IGNORED, *_EXTENSIONS,
     }  # fmt: skip
     for name in body:
         if name not in known:
@@ -239,13 +271,26 @@ def personalize(body: dict[str, Any]) -> list[tuple[EmailRequest, When | None]]:
     if top_subject is not None:
         _string(top_subject, "subject")
     top_due = _send_at(body.get("send_at"), "send_at")
+    top_args = _object(body.get("custom_args"), "custom_args")
     out = []
     for i, p in enumerate(people):
         field = f"personalizations[{i}]"
         to = _addresses(p.get("to"), f"{field}.to")
         if not to:
             raise SubmitError("MISSING_RECIPIENT", "at least one to address", f"{field}.to")
-        due = _send_at(p.get("send_at"), f"{field}.send_at")
+        due: Requested | None = _send_at(p.get("send_at"), f"{field}.send_at")
+        local = p.get("send_at_local", body.get("send_at_local"))
+        if local is not None:
+            if due is not None or top_due is not None:
+                raise SubmitError(
+                    "SCHEDULED_AT_CONFLICT", "give send_at or send_at_local, not both",
+                    "send_at_local",
+                )  # fmt: skip
+            args = _object(p.get("custom_args"), f"{field}.custom_args")
+            zone = args.get("timezone", top_args.get("timezone"))
+            where = f"{field}.custom_args" if "timezone" in args else "custom_args"
+            at = f"{field}.send_at_local" if "send_at_local" in p else "send_at_local"
+            due = _local(local, body.get("if_passed"), zone, (at, f"{where}.timezone"))
         subject = p.get("subject", top_subject)
         if not subject:
             raise SubmitError("INVALID_REQUEST", "a subject is required", "subject")
@@ -280,6 +325,9 @@ def mail_submission(
     batch_id = body.get("batch_id")
     if batch_id is not None and not isinstance(batch_id, str):
         raise SubmitError("INVALID_BATCH_ID", "invalid batch id", "batch_id")
+    unsubscribe = body.get("list_unsubscribe")
+    if unsubscribe is not None and not isinstance(unsubscribe, bool):
+        raise _invalid("must be true or false", "list_unsubscribe")
     return Submission(
         account,
         "sendgrid",
@@ -288,7 +336,12 @@ def mail_submission(
         idempotency_key=idempotency_key,
         digest=body_digest(body),
         dry_run=sandboxed(body),
-    )
+        spread=read_spread(
+            body.get("deliver_within"), body.get("max_per_minute"),
+            ("deliver_within", "max_per_minute"),
+        ),
+        list_unsubscribe=unsubscribe,
+    )  # fmt: skip
 
 
 def open_batches(batches: Iterable[BatchState], account_id: str, now: datetime) -> int:
@@ -355,6 +408,8 @@ def sendgrid_router(
             "X-Message-Id": accepted.ids[0],
             "X-Kairos-Message-Ids": ",".join(accepted.ids),
         }
+        if accepted.rejected:  # their local time had passed (if_passed: skip)
+            headers["X-Kairos-Rejected"] = ",".join(f"{r.id} {r.reason}" for r in accepted.rejected)
         if accepted.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(status_code=202, headers=headers)
@@ -548,6 +603,11 @@ _ADDRESS = {
 _ADDRESSES = {"type": "array", "items": _ADDRESS}
 _HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
 #: The documented shape of a ``/v3/mail/send`` body (validated by hand, for SendGrid's errors).
+_SEND_AT_LOCAL = {
+    "type": "string",
+    "description": "Kairos: a local wall time (2026-12-24T09:00:00, or 09:00:00 for today) in "
+    "custom_args.timezone (else the account's default zone); instead of send_at",
+}
 _MAIL_SEND_BODY = {
     "required": True,
     "content": {
@@ -570,6 +630,13 @@ _MAIL_SEND_BODY = {
                                 "subject": {"type": "string"},
                                 "headers": _HEADERS,
                                 "send_at": {"type": "integer"},
+                                "send_at_local": _SEND_AT_LOCAL,
+                                "custom_args": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                    "description": "timezone: the IANA zone of this "
+                                    "personalization's send_at_local (Kairos)",
+                                },
                             },
                         },
                     },
@@ -601,6 +668,33 @@ _MAIL_SEND_BODY = {
                     },
                     "headers": _HEADERS,
                     "send_at": {"type": "integer"},
+                    "send_at_local": _SEND_AT_LOCAL,
+                    "if_passed": {
+                        "type": "string",
+                        "enum": ["next_day", "send_now", "skip"],
+                        "description": "Kairos: when send_at_local has passed in a zone "
+                        "(skipped ids in X-Kairos-Rejected)",
+                    },
+                    "deliver_within": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": 86400,
+                        "description": "Kairos: spread the messages evenly over this many "
+                        "seconds after their time, by message id",
+                    },
+                    "max_per_minute": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "Kairos: at most this many messages due a minute",
+                    },
+                    "list_unsubscribe": {
+                        "type": "boolean",
+                        "description": "Kairos: RFC 8058 one-click unsubscribe headers",
+                    },
+                    "custom_args": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                    },
                     "batch_id": {"type": "string"},
                     "mail_settings": {
                         "type": "object",

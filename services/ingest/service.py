@@ -17,7 +17,8 @@ from kairos.kafka.producer import DurableProducer, TransactionalProducer
 from kairos.logging import get_logger
 from kairos.settings import KairosSettings
 from kairos.token import admin_token
-from schemas.registry import IDEMPOTENCY, SCHEDULE
+from kairos.unsubscribe import unsubscribe_key
+from schemas.registry import IDEMPOTENCY, OUTCOMES, SCHEDULE
 from services.ingest.http import create_app
 from services.ingest.idempotency import IdempotencyLog
 from services.ingest.lifecycle import LifecycleProjection
@@ -29,6 +30,7 @@ from services.ingest.scanners import scanning_from
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.smtp import SubmissionHandler, server_factory
 from services.ingest.submit import Submitter
+from services.ingest.unsubscribe import unsubscribe_router
 from services.reference.admin import admin_router
 from services.reference.view import ReferenceView
 from services.reference.writer import ReferenceWriter
@@ -52,7 +54,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     transactions = TransactionalProducer(
         bootstrap, f"{settings.group('ingest')}-{instance}", "ingest-transactions", linger_ms=1
     )
-    publisher = KafkaPublisher(transactions, producer, settings.topic(SCHEDULE), clock)
+    publisher = KafkaPublisher(
+        transactions, producer, settings.topic(SCHEDULE), clock, outcomes=settings.topic(OUTCOMES)
+    )
     view = ReferenceView(settings, bootstrap)
     token = admin_token(settings)
     assert token is not None
@@ -86,6 +90,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         sendgrid_router(
             view, writer, broadcast, submitter, clock, open_batch_limit=settings.open_batch_limit
         ),
+        unsubscribe_router(view, writer, unsubscribe_key(settings), clock),
     ]
     app = create_app(submitter, view, publisher.ready, admin, routers)
     config = uvicorn.Config(

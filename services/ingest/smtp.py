@@ -43,7 +43,17 @@ from services.ingest.headers import (
     mailbox,
     parse,
 )
-from services.ingest.schedule import ScheduleError, When, parse_rfc2822, parse_time
+from services.ingest.schedule import (
+    LocalWhen,
+    Requested,
+    ScheduleError,
+    When,
+    check_policy,
+    check_zone,
+    parse_local,
+    parse_rfc2822,
+    parse_time,
+)
 from services.ingest.submit import Draft, Submission, Submitter
 
 if TYPE_CHECKING:  # the HTTP app imports this module's readers (Mailgun's messages.mime)
@@ -62,6 +72,7 @@ KAIROS_HEADERS: dict[str, str] = {
     "x-mailgun-deliver-by": "SCHEDULED_AT_INVALID",
     "x-smtpapi": "INVALID_SMTPAPI",
     "x-idempotency-key": "INVALID_IDEMPOTENCY_KEY",
+    "x-kairos-send-local": "SCHEDULED_AT_INVALID",
 }
 #: Never stored or relayed: Kairos's own headers, Bcc (its recipients stay in the envelope),
 #: and the reserved X-Kairos- namespace.
@@ -102,6 +113,9 @@ SMTP_CODES: dict[str, tuple[int, str]] = {
     "INVALID_IDEMPOTENCY_KEY": (554, "5.5.4"),
     "INVALID_SMTPAPI": (554, "5.5.4"),
     "INVALID_BATCH_ID": (554, "5.5.4"),
+    "INVALID_TIME_ZONE": (554, "5.5.4"),
+    "INVALID_PASSED_POLICY": (554, "5.5.4"),
+    "LOCAL_TIME_PASSED": (554, "5.5.4"),
     "MESSAGE_INFECTED": (554, "5.7.1"),
     "MESSAGE_SPAM": (550, "5.7.1"),
     "SCANNER_UNAVAILABLE": (451, "4.7.0"),
@@ -146,7 +160,7 @@ class Plan:
     """What one DATA becomes: (recipients, requested time or None) per message, and the
     batch."""
 
-    messages: list[tuple[list[str], When | None]]
+    messages: list[tuple[list[str], Requested | None]]
     batch_id: str | None
 
 
@@ -164,10 +178,12 @@ class ReadMessage:
     clean: bytes
     deliver_by: str | None = None
     from_address: str = ""
+    send_local: str | None = None
 
     @property
     def scheduled(self) -> bool:
-        return any(v is not None for v in (self.scheduled_at, self.smtpapi, self.deliver_by))
+        times = (self.scheduled_at, self.smtpapi, self.deliver_by, self.send_local)
+        return any(v is not None for v in times)
 
 
 def _as_submit_error(exc: HeaderError) -> SubmitError:
@@ -218,6 +234,36 @@ def read_submission(raw: bytes) -> ReadMessage:
         clean=message.without(STRIPPED, STRIPPED_PREFIXES),
         deliver_by=values["x-mailgun-deliver-by"],
         from_address=from_address,
+        send_local=values["x-kairos-send-local"],
+    )
+
+
+_SEND_LOCAL_FIELD = "X-Kairos-Send-Local"
+
+
+def send_local_header(value: str) -> LocalWhen:
+    """``X-Kairos-Send-Local: 2026-12-24T09:00:00 Europe/Berlin; if-passed=skip`` (the zone
+    and the policy optional: the account's default zone, ``next_day``) read into a
+    :class:`LocalWhen` (pure); ScheduleError otherwise."""
+    when, _, params = value.partition(";")
+    words = when.split()
+    if not 1 <= len(words) <= 2:
+        raise ScheduleError(
+            "SCHEDULED_AT_INVALID", "a local time and a time zone", _SEND_LOCAL_FIELD
+        )
+    day, wall = parse_local(words[0], _SEND_LOCAL_FIELD)
+    zone = check_zone(words[1], _SEND_LOCAL_FIELD) if len(words) == 2 else None
+    name, _, policy = params.strip().partition("=")
+    if params.strip() and name.strip().lower() != "if-passed":
+        raise ScheduleError(
+            "SCHEDULED_AT_INVALID", "the one parameter is if-passed", _SEND_LOCAL_FIELD
+        )
+    return LocalWhen(
+        wall,
+        day,
+        zone,
+        check_policy(policy.strip() or None, _SEND_LOCAL_FIELD),
+        _SEND_LOCAL_FIELD,
     )
 
 
@@ -226,14 +272,24 @@ def plan_schedule(
     smtpapi: str | None,
     rcpts: list[str],
     deliver_by: str | None = None,
+    send_local: str | None = None,
 ) -> Plan:
     """Read X-Scheduled-At, X-Mailgun-Deliver-By and X-SMTPAPI values (pure; None when absent,
     as from :func:`read_submission`) into the messages to submit and the times they ask for
     (judged against the clock by the submission core; X-SMTPAPI times within SendGrid's 72
     hours, X-Mailgun-Deliver-By within Mailgun's 3 days). X-Scheduled-At and
     X-Mailgun-Deliver-By may both be given only with the same second. A present X-SMTPAPI must
-    name a time (``send_at`` or ``send_each_at``) unless another header does. Raises
-    ScheduleError or SubmitError."""
+    name a time (``send_at`` or ``send_each_at``) unless another header does.
+    X-Kairos-Send-Local (a local wall time, :func:`send_local_header`) names the one time or
+    is a conflict. Raises ScheduleError or SubmitError."""
+    if send_local is not None:
+        if scheduled_at is not None or deliver_by is not None or smtpapi is not None:
+            raise ScheduleError(
+                "SCHEDULED_AT_CONFLICT",
+                "X-Kairos-Send-Local cannot be combined with another time header",
+                _SEND_LOCAL_FIELD,
+            )
+        return Plan([(rcpts, send_local_header(send_local))], None)
     due = (
         When(parse_time(scheduled_at, "X-Scheduled-At"), "X-Scheduled-At")
         if scheduled_at is not None
@@ -336,7 +392,9 @@ def smtp_submission(account: AccountState, envelope: Any, message: ReadMessage) 
     """One DATA read into a submission (pure): a message per planned recipient group; its
     idempotency fingerprint covers the envelope and the message as written."""
     rcpts = list(envelope.rcpt_tos)
-    plan = plan_schedule(message.scheduled_at, message.smtpapi, rcpts, message.deliver_by)
+    plan = plan_schedule(
+        message.scheduled_at, message.smtpapi, rcpts, message.deliver_by, message.send_local
+    )
     drafts = [
         Draft(partial(content_of, message, envelope.mail_from, group), when)
         for group, when in plan.messages

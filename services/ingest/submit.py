@@ -9,7 +9,12 @@ batch, idempotency key) and formats the :class:`Accepted` or the :class:`SubmitE
 2. an idempotency key is claimed: a retry of the same request is answered as the first one
    was (even after its time has passed), another request with the key is refused;
 3. the plan allows scheduling, each time is in the future and within the door's and the
-   plan's horizon, a batch id is a live batch of the account;
+   plan's horizon, a batch id is a live batch of the account; a local wall time is resolved
+   in its zone (the recipient's, the request's, else the account's default), and one that
+   has passed follows its policy (``next_day``, ``send_now``, or ``skip``: its recipients
+   are rejected with reason ``local_time_passed``, recorded as a ``failed`` outcome);
+3b. a spread (``deliverWithin``, ``maxPerMinute``) moves each message's due second later,
+   by its id, never earlier;
 4. each message is composed under its id, checked (size, domain, recipients, suppressions)
    and scanned;
 5. the messages are published together, all or nothing (one Kafka transaction), and only
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
@@ -29,14 +34,22 @@ from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.logging import get_logger
 from kairos.metrics import count
-from schemas.events import MessageContent, Scheduled
+from schemas.events import Failed, MessageContent, MessageEvent, Scheduled
 from schemas.reference import AccountState, BatchState
 from services.ingest.checks import check_account, check_message, horizon_of
 from services.ingest.compose import SubmitError
 from services.ingest.idempotency import MAX_KEY_LENGTH, IdempotencyLog
 from services.ingest.publish import PublishError
 from services.ingest.scanners import Scanning
-from services.ingest.schedule import MAX_HORIZON_SECONDS, ScheduleError, When
+from services.ingest.schedule import (
+    LOCAL_TIME_PASSED,
+    MAX_HORIZON_SECONDS,
+    LocalTimePassed,
+    LocalWhen,
+    Requested,
+    ScheduleError,
+)
+from services.ingest.spread import MAX_WINDOW_SECONDS, Spread
 from services.reference.rules import Reference
 
 log = get_logger("kairos.ingest")
@@ -58,16 +71,16 @@ class Lookup(Reference, Batches, Protocol):
 class Publisher(Protocol):
     """Writes the events of one submission all or nothing; PublishError when it did not."""
 
-    async def publish_many(self, events: Sequence[Scheduled]) -> None: ...
+    async def publish_many(self, events: Sequence[MessageEvent]) -> None: ...
 
 
 @dataclass(frozen=True)
 class Draft:
     """One message as a front door read it: its content, composed under the message id it is
-    given, and the time it asks for (None: send now)."""
+    given, and the time it asks for (None: send now): an instant, or a local wall time."""
 
     content: Callable[[str], MessageContent]
-    when: When | None = None
+    when: Requested | None = None
 
 
 @dataclass(frozen=True)
@@ -87,28 +100,67 @@ class Submission:
     dry_run: bool = False
     #: the client's W3C trace context (HTTP ``traceparent``); else the request's, if any
     traceparent: str | None = None
+    #: spread the messages' due seconds (``deliverWithin``, ``maxPerMinute``)
+    spread: Spread | None = None
+    #: RFC 8058 one-click unsubscribe headers on its messages (None: the account's setting)
+    list_unsubscribe: bool | None = None
 
     @property
     def scheduled(self) -> bool:
-        return any(d.when is not None for d in self.drafts)
+        return self.spread is not None or any(d.when is not None for d in self.drafts)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Recipients of a submission that were not scheduled while the others were: their message
+    ``id`` has a ``failed`` outcome (stage ``submit``) with this stable ``reason``."""
+
+    id: str
+    recipients: list[str]
+    reason: str
+    message: str = ""
+
+    def json(self) -> dict[str, Any]:
+        return {"id": self.id, "to": self.recipients, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Accepted:
     """The messages of an accepted submission: their ids and due seconds (None: sent now), in
-    the order of its drafts. ``replayed``: the answer to an earlier request with the key."""
+    the order of its drafts, without those in ``rejected`` (recipients whose local time had
+    passed under ``skip``). ``replayed``: the answer to an earlier request with the key."""
 
     ids: list[str]
     dues: list[int | None]
     replayed: bool = False
+    rejected: list[Rejection] = field(default_factory=list)
+    #: the envelope recipients of each accepted message, in the order of ``ids``
+    recipients: list[list[str]] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """What the idempotency log keeps of it."""
-        return {"ids": self.ids, "dues": self.dues}
+        return {
+            "ids": self.ids,
+            "dues": self.dues,
+            "recipients": self.recipients,
+            "rejected": [
+                {"id": r.id, "to": r.recipients, "reason": r.reason} for r in self.rejected
+            ],
+        }
 
     @classmethod
     def replay(cls, record: dict[str, Any]) -> Accepted:
-        return cls(list(record["ids"]), list(record["dues"]), replayed=True)
+        rejected = [Rejection(r["id"], r["to"], r["reason"]) for r in record.get("rejected", [])]
+        recipients = [list(r) for r in record.get("recipients", [])]
+        return cls(list(record["ids"]), list(record["dues"]), True, rejected, recipients)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Each accepted message as an answer lists it: id, recipients, due second."""
+        recipients = self.recipients or [[] for _ in self.ids]
+        return [
+            {"id": mid, "to": to, "scheduled_at": due}
+            for mid, due, to in zip(self.ids, self.dues, recipients, strict=True)
+        ]
 
 
 def live_batch(ref: Batches, account_id: str, batch_id: str, now: float) -> BatchState | None:
@@ -189,9 +241,17 @@ class Submitter:
             raise SubmitError("MISSING_RECIPIENT", "nothing to send", "to")
         try:
             horizon = horizon_of(account, submission.scheduled, MAX_HORIZON_SECONDS)
-            dues = [d.when.check(now, horizon) if d.when else None for d in submission.drafts]
+            requested = [due_of(d.when, account, now, horizon) for d in submission.drafts]
         except ScheduleError as exc:
             raise SubmitError(exc.code, exc.message, exc.field) from exc
+        skipped = [due for due in requested if isinstance(due, LocalTimePassed)]
+        if len(skipped) == len(requested):
+            first = skipped[0]
+            raise SubmitError(
+                first.code,
+                f"{first.message}, for every recipient (ifPassed: skip); nothing was scheduled",
+                first.field,
+            )
         batch_id = submission.batch_id
         if batch_id is not None and live_batch(self.ref, account.account_id, batch_id, now) is None:
             raise SubmitError(
@@ -200,10 +260,28 @@ class Submitter:
                 "POST /v3/mail/batch",
                 "batch_id",
             )
-        ids = [first_id, *(str(uuid.uuid4()) for _ in submission.drafts[1:])]
-        contents = [d.content(mid) for d, mid in zip(submission.drafts, ids, strict=True)]
-        for content in contents:
+        all_ids = [first_id, *(str(uuid.uuid4()) for _ in submission.drafts[1:])]
+        unsubscribe = (
+            submission.list_unsubscribe
+            if submission.list_unsubscribe is not None
+            else bool(account.list_unsubscribe)
+        )
+        all_contents = [
+            with_unsubscribe(d.content(mid), unsubscribe, submission.list_unsubscribe)
+            for d, mid in zip(submission.drafts, all_ids, strict=True)
+        ]
+        for content in all_contents:
             check_message(account, content, self.ref)
+        kept = [i for i, due in enumerate(requested) if not isinstance(due, LocalTimePassed)]
+        ids = [all_ids[i] for i in kept]
+        contents = [all_contents[i] for i in kept]
+        wanted = [due for due in requested if not isinstance(due, LocalTimePassed)]
+        dues = spread_dues(submission.spread, ids, wanted, now, horizon)
+        rejected = [
+            Rejection(all_ids[i], list(all_contents[i].rcpt_to), LOCAL_TIME_PASSED, due.message)
+            for i, due in enumerate(requested)
+            if isinstance(due, LocalTimePassed)
+        ]
         if self.scanning is not None:
             scanned: set[bytes] = set()
             for content in contents:
@@ -211,7 +289,7 @@ class Submitter:
                 if raw not in scanned:
                     scanned.add(raw)
                     await self.scanning.check(raw)
-        accepted = Accepted(ids, dues)
+        accepted = Accepted(ids, dues, False, rejected, [list(c.rcpt_to) for c in contents])
         if submission.dry_run:
             return accepted
         parent = tracing.valid(submission.traceparent or tracing.incoming.get())
@@ -221,7 +299,7 @@ class Submitter:
             **{"kairos.source": submission.source, "kairos.messages": len(ids)},
             **{"kairos.account": account.account_id, "kairos.message_id": first_id},
         ) as traceparent:
-            events = [
+            events: list[MessageEvent] = [
                 Scheduled(
                     occurred_at=to_datetime(now),
                     account_id=account.account_id,
@@ -234,6 +312,22 @@ class Submitter:
                     traceparent=traceparent,
                 )
                 for mid, due, content in zip(ids, dues, contents, strict=True)
+            ]
+            events += [
+                Failed(
+                    occurred_at=to_datetime(now),
+                    account_id=account.account_id,
+                    message_id=r.id,
+                    attempt=1,
+                    due_at=int(now),
+                    batch_id=batch_id,
+                    recipients=r.recipients,
+                    stage="submit",
+                    reason=r.reason,
+                    text=r.message,
+                    traceparent=traceparent,
+                )
+                for r in rejected
             ]
             if deadline is not None and self.clock.now() >= deadline:
                 raise SubmitError(
@@ -249,5 +343,71 @@ class Submitter:
                 raise SubmitError(
                     "BROKER_UNAVAILABLE", "could not store the message; retry", None, 503
                 ) from exc
-        count("ingest", "scheduled", len(events))
+        count("ingest", "scheduled", len(ids))
         return accepted
+
+
+def due_of(
+    when: Requested | None, account: AccountState, now: float, horizon: int
+) -> int | LocalTimePassed | None:
+    """The due second a draft asks for (None: at once), judged against ``now``; a local wall
+    time in its zone (else the account's default zone, else UTC). A local time passed under
+    ``skip`` is returned as its :class:`LocalTimePassed`; any other bad time raises."""
+    if when is None:
+        return None
+    if isinstance(when, LocalWhen):
+        try:
+            return when.in_zone(account.time_zone).check(now, horizon)
+        except LocalTimePassed as skipped:
+            return skipped
+    return when.check(now, horizon)
+
+
+def spread_dues(
+    spread: Spread | None, ids: Sequence[str], dues: Sequence[int | None], now: float, horizon: int
+) -> list[int | None]:
+    """The due seconds after ``spread`` (pure): unchanged without one; else each message
+    (a message due at once counts from ``now``) moved later by :meth:`Spread.offsets`, within
+    the horizon. SubmitError ``INVALID_SPREAD`` for a window longer than a day,
+    ``SCHEDULED_AT_TOO_FAR`` past the horizon."""
+    if spread is None:
+        return list(dues)
+    base = [due if due is not None else int(now) for due in dues]
+    counts: dict[int, int] = {}
+    for due in base:
+        counts[due] = counts.get(due, 0) + 1
+    if any(spread.window(n) > MAX_WINDOW_SECONDS for n in counts.values()):
+        raise SubmitError(
+            "INVALID_SPREAD",
+            f"maxPerMinute would spread these messages over more than {MAX_WINDOW_SECONDS} s",
+            "maxPerMinute",
+        )
+    out: list[int | None] = [
+        due + offset for due, offset in zip(base, spread.offsets(ids, base), strict=True)
+    ]
+    if any(due is not None and due - now > horizon for due in out):
+        raise SubmitError(
+            "SCHEDULED_AT_TOO_FAR", "the spread ends beyond the schedule horizon", "deliverWithin"
+        )
+    return out
+
+
+def with_unsubscribe(
+    content: MessageContent, enabled: bool, requested: bool | None
+) -> MessageContent:
+    """``content`` marked for RFC 8058 one-click unsubscribe headers when ``enabled`` and it has
+    one recipient (a link in a message to several could unsubscribe them all at one click).
+    SubmitError ``UNSUBSCRIBE_NEEDS_ONE_RECIPIENT`` when the request itself asked for it on a
+    message to several; the account's setting skips those."""
+    if not enabled:
+        return content
+    if len(content.rcpt_to) != 1:
+        if requested:
+            raise SubmitError(
+                "UNSUBSCRIBE_NEEDS_ONE_RECIPIENT",
+                "one-click unsubscribe needs one recipient per message (use one message or "
+                "personalization per recipient)",
+                "listUnsubscribe",
+            )
+        return content
+    return content.model_copy(update={"list_unsubscribe": True})

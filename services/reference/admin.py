@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from kairos.clock import Clock, to_datetime
 from schemas.reference import AccountState, SuppressionReason
@@ -23,6 +23,18 @@ class AccountIn(BaseModel):
     domain: str | None = None
     verified: bool = False
     time_zone: str | None = None
+    list_unsubscribe: bool | None = None
+
+
+class SettingsIn(BaseModel):
+    """Account settings to change; a key left out keeps its value."""
+
+    time_zone: str | None = Field(
+        default=None, description="Default IANA zone of local-time sends (null: UTC)."
+    )
+    list_unsubscribe: bool | None = Field(
+        default=None, description="RFC 8058 one-click unsubscribe headers by default."
+    )
 
 
 class PlanIn(BaseModel):
@@ -54,6 +66,7 @@ def _account_json(a: AccountState, view: ReferenceView) -> dict[str, Any]:
         "plan": a.plan.model_dump(),
         "created_at": a.created_at.isoformat(),
         "time_zone": a.time_zone or "UTC",
+        "list_unsubscribe": bool(a.list_unsubscribe),
         "domains": [
             {"domain": d.domain, "verified": d.verified, "changed_at": d.changed_at.isoformat()}
             for d in view.domains.values()
@@ -81,7 +94,14 @@ def admin_router(
     @router.post("/accounts", status_code=201)
     async def create_account(body: AccountIn) -> JSONResponse:
         records, account_id, api_key = cmd.create_account(
-            view, body.name, body.plan, body.domain, body.verified, now(), body.time_zone
+            view,
+            body.name,
+            body.plan,
+            body.domain,
+            body.verified,
+            now(),
+            body.time_zone,
+            body.list_unsubscribe,
         )
         await writer.apply(records)
         account = view.account(account_id)
@@ -107,6 +127,13 @@ def admin_router(
     @router.post("/accounts/{account_id}/enable")
     async def enable_account(account_id: str) -> JSONResponse:
         await writer.apply([cmd.set_status(view, account_id, "active", now())])
+        return await get_account(account_id)
+
+    @router.patch("/accounts/{account_id}")
+    async def account_settings(account_id: str, body: SettingsIn) -> JSONResponse:
+        """Change the account's default time zone or one-click unsubscribe default."""
+        changes = body.model_dump(exclude_unset=True)
+        await writer.apply([cmd.set_settings(view, account_id, changes, now())])
         return await get_account(account_id)
 
     @router.put("/accounts/{account_id}/plan")

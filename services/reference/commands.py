@@ -100,6 +100,7 @@ def create_account(
     verified: bool,
     now: datetime,
     time_zone: str | None = None,
+    list_unsubscribe: bool | None = None,
 ) -> tuple[list[Record], str, str]:
     """A new account with one API key (and optionally a domain). Returns the records, the
     account id and the API key (shown once, never stored in clear)."""
@@ -108,13 +109,7 @@ def create_account(
     if any(a.name == name for a in state.accounts.values()):
         raise RefError(409, "ACCOUNT_EXISTS", f"an account named {name!r} exists", "name")
     plan_name = _plan(plan or DEFAULT_PLAN)
-    if time_zone is not None:
-        try:
-            ZoneInfo(time_zone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise RefError(
-                400, "INVALID_TIME_ZONE", f"{time_zone!r} is not an IANA time zone", "time_zone"
-            ) from exc
+    _check_zone(time_zone)
     norm_domain = normalize_domain(domain) if domain else None
     account_id = "acc_" + uuid.uuid4().hex[:12]
     account = AccountState(
@@ -125,6 +120,7 @@ def create_account(
         plan=PLANS[plan_name],
         created_at=now,
         time_zone=time_zone,
+        list_unsubscribe=list_unsubscribe,
     )
     api_key = new_api_key()
     records = [Record("accounts", account_id, account), key_record(account_id, api_key, now)]
@@ -138,6 +134,37 @@ def create_account(
         )
         records.append(Record("domains", domain_key(account_id, norm_domain), d))
     return records, account_id, api_key
+
+
+def _check_zone(time_zone: str | None) -> None:
+    if time_zone is not None:
+        try:
+            ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise RefError(
+                400, "INVALID_TIME_ZONE", f"{time_zone!r} is not an IANA time zone", "time_zone"
+            ) from exc
+
+
+def set_settings(
+    state: ReferenceState, account_id: str, changes: dict[str, object], now: datetime
+) -> Record:
+    """The account with ``changes`` to its settings (``time_zone``: its default zone, None
+    for UTC; ``list_unsubscribe``); only the keys given change."""
+    account = _account(state, account_id)
+    unknown = sorted(set(changes) - {"time_zone", "list_unsubscribe"})
+    if unknown:
+        raise RefError(400, "INVALID_REQUEST", f"unknown setting {unknown[0]}", unknown[0])
+    zone = changes.get("time_zone")
+    if zone is not None and not isinstance(zone, str):
+        raise RefError(400, "INVALID_TIME_ZONE", "an IANA time zone", "time_zone")
+    _check_zone(zone)
+    if changes.get("list_unsubscribe") is not None and not isinstance(
+        changes["list_unsubscribe"], bool
+    ):
+        raise RefError(400, "INVALID_REQUEST", "true or false", "list_unsubscribe")
+    updated = account.model_copy(update={**changes, "occurred_at": now})
+    return Record("accounts", account_id, updated)
 
 
 def set_status(state: ReferenceState, account_id: str, status: str, now: datetime) -> Record:
@@ -202,13 +229,19 @@ def add_suppression(
     now: datetime,
     *,
     exists_ok: bool = False,
+    message_id: str | None = None,
 ) -> Record:
     _account(state, account_id)
     a = normalize_address(address)
     if state.suppression(account_id, a) is not None and not exists_ok:
         raise RefError(409, "SUPPRESSION_EXISTS", f"{a} is already suppressed", "address")
     s = SuppressionState(
-        occurred_at=now, account_id=account_id, address=a, reason=reason, added_at=now
+        occurred_at=now,
+        account_id=account_id,
+        address=a,
+        reason=reason,
+        added_at=now,
+        message_id=message_id,
     )
     return Record("suppressions", suppression_key(account_id, a), s)
 

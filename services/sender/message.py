@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +34,7 @@ SIGNED_HEADERS = [
     b"content-type",
     b"content-transfer-encoding",
     b"list-unsubscribe",
+    b"list-unsubscribe-post",
 ]
 
 
@@ -47,9 +49,23 @@ def _date_field(second: int) -> bytes:
     return b"Date: " + email.utils.format_datetime(datetime.fromtimestamp(second, UTC)).encode()
 
 
-def prepare(raw: bytes, now: float, message_id_domain: str) -> bytes:
+def unsubscribe_fields(url: str, mailto: str | None = None) -> list[bytes]:
+    """RFC 8058 one-click unsubscribe: ``List-Unsubscribe`` with the HTTPS ``url`` (and a
+    ``mailto:`` when given, one link a line) and ``List-Unsubscribe-Post``."""
+    links = [f"<{url}>".encode()]
+    if mailto:
+        token = url.rsplit("/", 1)[-1]
+        links.append(f"<mailto:{mailto}?subject=unsubscribe%20{token}>".encode())
+    return [
+        b"List-Unsubscribe: " + b",\r\n ".join(links),
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+    ]
+
+
+def prepare(raw: bytes, now: float, message_id_domain: str, extra: Sequence[bytes] = ()) -> bytes:
     """The bytes to relay: ``Date`` set to ``now`` (when the message goes out, not when it was
     scheduled), internal headers stripped, a ``Message-ID`` kept or added; CRLF line endings.
+    ``extra``: fields Kairos sets (one-click unsubscribe), replacing any of the same names.
 
     The header block is edited as bytes, field by field (a field is its line and the folded
     lines after it), the way an MTA's cleanup does: every other field and the body go out
@@ -63,6 +79,7 @@ def prepare(raw: bytes, now: float, message_id_domain: str) -> bytes:
         if not blank:  # headers only, no body
             head, body = data.removesuffix(b"\r\n"), b""
     kept: list[bytes] = []
+    replaced = frozenset(field.partition(b":")[0].strip().lower() for field in extra)
     has_message_id = False
     keep = True
     for line in head.split(b"\r\n") if head else []:
@@ -71,11 +88,12 @@ def prepare(raw: bytes, now: float, message_id_domain: str) -> bytes:
                 kept.append(line)
             continue
         name = line.partition(b":")[0].strip().lower()
-        keep = name not in _STRIPPED
+        keep = name not in _STRIPPED and name not in replaced
         has_message_id = has_message_id or name == b"message-id"
         if keep:
             kept.append(line)
     kept.append(_date_field(int(now)))
+    kept.extend(extra)
     if not has_message_id:
         kept.append(b"Message-ID: " + email.utils.make_msgid(domain=message_id_domain).encode())
     return b"\r\n".join(kept) + b"\r\n\r\n" + body

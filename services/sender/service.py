@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
@@ -24,12 +25,13 @@ from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count, track_lag
 from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
+from kairos.unsubscribe import make_token, unsubscribe_key
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
 from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
 from services.sender.handled import HandledAttempts
-from services.sender.message import DkimKeys, prepare
+from services.sender.message import DkimKeys, prepare, unsubscribe_fields
 from services.sender.outcome import result_of
 from services.sender.policy import RetryPolicy
 from services.sender.relay import RelayPool
@@ -38,6 +40,28 @@ log = get_logger("kairos.sender")
 
 #: outcome types that mean the sender already handled an attempt
 HANDLED = {b"delivered", b"deferred", b"failed"}
+
+
+@dataclass(frozen=True)
+class UnsubscribeLinks:
+    """The one-click unsubscribe fields of a message: a link to ``<base>/u/<token>``."""
+
+    key: bytes
+    base: str
+    mailto: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: KairosSettings) -> UnsubscribeLinks:
+        base = settings.unsubscribe_url or f"http://{settings.http_host}:{settings.http_port}"
+        return cls(unsubscribe_key(settings), base.rstrip("/"), settings.unsubscribe_mailto)
+
+    def fields(self, d: Dispatch) -> list[bytes]:
+        """No fields for a message to several recipients (ingest marks only single-recipient
+        messages; one link cannot stand for several people)."""
+        if len(d.content.rcpt_to) != 1:
+            return []
+        token = make_token(self.key, d.account_id, d.message_id, d.content.rcpt_to[0])
+        return unsubscribe_fields(f"{self.base}/u/{token}", self.mailto)
 
 
 async def handled_attempts(bootstrap: str, topic: str, since: float) -> set[tuple[str, int]]:
@@ -81,6 +105,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
     )
     dkim_keys = DkimKeys(settings.dkim_key_dir, settings.dkim_selector)
+    unsubscribe = UnsubscribeLinks.from_settings(settings)
     producer = DurableProducer(bootstrap, "sender")
     consumer = make_consumer(bootstrap, settings.group("sender"))
     pool = RelayPool(settings)
@@ -150,8 +175,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             d.traceparent,
             **{"kairos.message_id": d.message_id, "kairos.attempt": d.attempt},
         ) as traceparent:
+            extra = unsubscribe.fields(d) if d.content.list_unsubscribe else []
             data = dkim_keys.sign(
-                prepare(d.content.raw(), clock.now(), d.content.from_domain),
+                prepare(d.content.raw(), clock.now(), d.content.from_domain, extra),
                 d.content.from_domain,
             )
             reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)

@@ -114,3 +114,21 @@ def test_the_soak_table_shows_growth_per_message() -> None:
     assert "200,000 messages at 1,000/s" in text and "complete" in text
     row = next(line for line in text.splitlines() if line.startswith("timer"))
     assert "100.0M" in row and "101.0M" in row and "10.5" in row and "0.0" in row
+
+
+def test_spread_lateness_is_measured_from_each_messages_own_second() -> None:
+    from bench.report import spread_rows
+
+    def at(mid: str, own: int, after: float) -> Seen:
+        return Seen(own + after, mid, "delivered", own, own + after, None)
+
+    outs = [at("a", DUE, 0.5), at("b", DUE + 30, 0.5), at("c", DUE + 60, 1.0)]
+    f = figures(DUE, 3, [], outs)
+    assert f["delivery_lateness"]["max"] == 61.0  # from the one due second
+    assert f["delivery_lateness_own"]["max"] == 1.0  # from each own second
+    f.update({"cap_seconds": 60, "spread_seconds": 60})
+    burst = {"delivery_lateness": {"p50": 20.0, "p99": 40.0, "max": 41.0}}
+    [lateness, counts] = spread_rows(f, burst)
+    assert lateness.value == [0.5, f["delivery_lateness_own"]["p99"], 1.0]
+    assert lateness.ceiling_value == 40.0 and lateness.ratio_value is not None
+    assert counts.value == [3, 0, 0]

@@ -23,9 +23,11 @@ from services.ingest.publish import PublishError
 from services.ingest.resend import resend_router
 from services.ingest.sendgrid import sendgrid_router
 from services.ingest.submit import Submitter
+from services.ingest.unsubscribe import unsubscribe_router
 from services.reference.commands import Record as RefRecord
 
 API_KEY = "kai_unit-test"
+UNSUBSCRIBE_KEY = b"uns_unit-test"
 ACCOUNT = "acc_unit"
 EPOCH = datetime.fromisoformat("2020-01-01T00:00:00+00:00")
 
@@ -112,6 +114,7 @@ class Writer:
 
     def __init__(self, view: View) -> None:
         self.view, self.down = view, False
+        self.applied: list[RefRecord] = []
 
     async def apply(self, records: list[RefRecord]) -> None:
         if self.down:
@@ -120,6 +123,10 @@ class Writer:
             if r.topic == "batches":
                 assert isinstance(r.value, BatchState)
                 self.view.batches[r.key] = r.value
+            elif r.topic == "suppressions":
+                assert isinstance(r.value, SuppressionState)
+                self.view.suppressed[r.value.address] = r.value.reason
+            self.applied.append(r)
 
 
 class Projection:
@@ -220,6 +227,7 @@ def ingest(clock: FakeClock | None = None, scanning: Any = None, **sendgrid: Any
         ),
         mailgun_router(view, submitter),
         sendgrid_router(view, writer, broadcast, submitter, clock, **sendgrid),
+        unsubscribe_router(view, writer, UNSUBSCRIBE_KEY, clock),
     ]
     app = create_app(submitter, view, publisher.ready, None, routers)
     return Ingest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from email import message_from_bytes
 
@@ -174,3 +175,30 @@ def test_dkim_signature_verifies(rsa_key: tuple[bytes, bytes]) -> None:
 
     assert dkim.verify(signed, dnsfunc=dns)
     assert not dkim.verify(signed.replace(b"body", b"BODY"), dnsfunc=dns)
+
+
+def test_one_click_unsubscribe_fields_are_signed(rsa_key: tuple[bytes, bytes]) -> None:
+    """RFC 8058 3: both fields are covered by the DKIM signature; a client's own
+    List-Unsubscribe is replaced, not doubled."""
+    import base64
+
+    from services.sender.message import unsubscribe_fields
+
+    private, public = rsa_key
+    raw = RAW.replace(b"Subject:", b"List-Unsubscribe: <https://old.test/x>\r\nSubject:", 1)
+    fields = unsubscribe_fields("https://mail.x.test/u/TOKEN", "unsub@x.test")
+    signed = dkim_sign(prepare(raw, T, "x.test", fields), "x.test", "kairos", private)
+    head = signed.split(b"\r\n\r\n", 1)[0]
+    assert b"old.test" not in head
+    assert head.count(b"\r\nList-Unsubscribe:") == 1
+    assert b"List-Unsubscribe: <https://mail.x.test/u/TOKEN>,\r\n <mailto:unsub@x.test?" in head
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click" in head
+    unfolded = re.sub(rb"\r\n[ \t]+", b" ", head)
+    signed_names = re.search(rb"DKIM-Signature:.*?\bh=([^;]+);", unfolded)
+    assert signed_names is not None
+    names = signed_names[1].replace(b" ", b"").lower().split(b":")
+    assert {b"list-unsubscribe", b"list-unsubscribe-post"} <= set(names)
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record)
+    tampered = signed.replace(b"One-Click", b"One-Clack")
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: record)

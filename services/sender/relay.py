@@ -61,11 +61,8 @@ def relay_reply(outcome: Outcome) -> RelayReply:
         for address, reply in outcome.refused.items()
     )
     final = outcome.final
-    if final.ok and refused:
-        enhanced, rest = split_enhanced(final.text)
-        return RelayReply(final.code, rest, enhanced, refused)
     if refused and len(refused) == len(outcome.recipients) and not final.ok:
-        return reply_for_all_refused(refused)
+        return reply_for_all_refused(refused)  # a transient refusal wins over a permanent one
     enhanced, rest = split_enhanced(final.text)
     return RelayReply(final.code, rest, enhanced, refused)
 

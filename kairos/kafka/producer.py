@@ -306,6 +306,13 @@ class TransactionalProducer:
     past it, it is aborted, because those callers are being told no. A failed client (fenced,
     out of sequence, a broker outage) is replaced by a fresh one with the same transactional
     id, which also aborts whatever the old one left open.
+
+    Once the commit is sent, only the broker knows whether it took: a broker frozen just
+    then answers after it thaws, and a commit it received is completed even if the client
+    gives up. So its callers wait for that answer (up to ``commit_wait`` seconds), past their
+    deadlines, and hear the truth: yes if it committed, no if it did not. Told no at the
+    deadline instead, a message that was written after all went out (seen in the fault
+    suite's broker freeze).
     """
 
     def __init__(
@@ -316,10 +323,14 @@ class TransactionalProducer:
         transaction_timeout_ms: int = 15_000,
         max_records: int = 5_000,
         factory: Callable[[], AIOKafkaProducer] | None = None,
+        commit_wait: float = 120.0,
         **overrides: Any,
     ) -> None:
         self.name = name
         self.max_records = max_records
+        self.commit_wait = commit_wait
+        #: the calls whose transaction's commit was sent: their outcome is the broker's answer
+        self._committing: set[asyncio.Future[None]] = set()
         self._factory = factory or (
             lambda: make_producer(
                 bootstrap,
@@ -365,6 +376,9 @@ class TransactionalProducer:
         try:
             await asyncio.wait_for(asyncio.shield(fut), within + 2.0)
         except TimeoutError as exc:
+            if fut in self._committing:  # the commit is out: wait for the broker's word
+                await asyncio.wait_for(asyncio.shield(fut), self.commit_wait + 10.0)
+                return
             fut.add_done_callback(_consume)
             raise PublishFailed(f"{self.name}: not committed in {within:g}s") from exc
 
@@ -405,9 +419,6 @@ class TransactionalProducer:
             await asyncio.wait_for(asyncio.gather(*futures), left)
             if time.monotonic() >= deadline:
                 raise TimeoutError("deadline passed before the commit")
-            await asyncio.wait_for(
-                client.commit_transaction(), max(0.5, deadline - time.monotonic()) + 2.0
-            )
         except PERMANENT as exc:
             # one caller's record is refused for good: abort, and let the others try again
             await self._abort(client, generation, exc)
@@ -417,6 +428,18 @@ class TransactionalProducer:
             await self._abort(client, generation, exc)
             _fail(group, PublishFailed(f"{self.name}: {exc!r}"))
             return
+        futures_of_group = {fut for _, _, fut in group}
+        self._committing |= futures_of_group
+        try:
+            await asyncio.wait_for(client.commit_transaction(), self.commit_wait)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # refused, or no answer at all in commit_wait: as likely not written (callers that
+            # already left are withdrawn by the publisher)
+            await self._abort(client, generation, exc)
+            _fail(group, PublishFailed(f"{self.name}: commit failed: {exc!r}"))
+            return
+        finally:
+            self._committing -= futures_of_group
         self.transactions += 1
         for _, _, fut in group:
             if not fut.done():

@@ -112,3 +112,59 @@ async def test_publish_until_done_gives_up_only_when_stopped() -> None:
     with pytest.raises(PublishFailed):
         await asyncio.wait_for(p.publish_until_done([Record("t", b"a")], stop), 5)
     await p.stop()
+
+
+class TransactionalClient(FakeClient):
+    """A transactional client whose commit the broker answers only when ``release`` is set
+    (a broker frozen while the commit is out), then with ``commit_error`` or success."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.release = asyncio.Event()
+        self.commit_error: Exception | None = None
+        self.committed = 0
+
+    async def begin_transaction(self) -> None:
+        pass
+
+    async def commit_transaction(self) -> None:
+        await self.release.wait()
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.committed += 1
+
+    async def abort_transaction(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("commits", [True, False], ids=["it took", "it did not"])
+async def test_a_commit_answered_after_the_deadline_is_the_answer(commits: bool) -> None:
+    """The commit went out before the callers' deadline and the broker answered after it: the
+    callers wait for that answer and hear it, not a no at their deadline (told no, a
+    message committed after all would go out)."""
+    from kairos.kafka.producer import TransactionalProducer
+
+    world = World()
+    clients: list[TransactionalClient] = []
+
+    def factory() -> TransactionalClient:
+        clients.append(TransactionalClient(world))
+        return clients[-1]
+
+    p = TransactionalProducer("unused", "tx", "test", factory=factory, commit_wait=30)  # type: ignore[arg-type]
+    await p.start()
+    try:
+        call = asyncio.create_task(p.publish([Record("t", b"1"), Record("t", b"2")], 0.2))
+        await asyncio.sleep(2.5)  # past the deadline (0.2 s) and the caller's grace (2 s)
+        assert not call.done(), "a caller whose commit is out was answered before the broker"
+        if not commits:
+            clients[0].commit_error = KafkaConnectionError("the commit failed")
+        clients[0].release.set()
+        if commits:
+            await asyncio.wait_for(call, 5)
+            assert clients[0].committed == 1
+        else:
+            with pytest.raises(PublishFailed):
+                await asyncio.wait_for(call, 5)
+    finally:
+        await p.stop()

@@ -68,9 +68,11 @@ class DurableProducer:
         name: str,
         factory: Callable[[], AIOKafkaProducer] | None = None,
         backoff: tuple[float, float] = (0.2, 5.0),
+        start_timeout: float = 30.0,
         **overrides: Any,
     ) -> None:
         self.name = name
+        self._start_timeout = start_timeout
         self._factory = factory or (lambda: make_producer(bootstrap, **overrides))
         self._client: AIOKafkaProducer | None = None
         self._generation = 0
@@ -119,11 +121,18 @@ class DurableProducer:
         while not self._closed:
             client = self._factory()
             try:
-                await client.start()
-            except (KafkaError, OSError) as exc:
+                # bounded: a transactional client's start waits for its producer id, and after
+                # a broker freeze that wait can hang on a dead connection; a fresh client
+                # with fresh connections gets one
+                await asyncio.wait_for(client.start(), self._start_timeout)
+            except (KafkaError, OSError, TimeoutError) as exc:
                 with contextlib.suppress(Exception):
-                    await client.stop()
-                log.warning("producer cannot start, retrying", producer=self.name, error=repr(exc))
+                    await asyncio.wait_for(client.stop(), 5)
+                log.warning(
+                    "producer cannot start, retrying",
+                    producer=self.name,
+                    error=repr(exc) or type(exc).__name__,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff[1])
                 continue

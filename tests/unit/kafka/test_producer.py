@@ -23,6 +23,10 @@ class FakeClient:
     async def start(self) -> None:
         if self.world.down:
             raise KafkaConnectionError("no broker")
+        if self.world.hang_starts > 0:
+            self.world.hang_starts -= 1
+            self.world.hung.append(self)
+            await asyncio.Event().wait()
         self.world.started += 1
 
     async def stop(self) -> None:
@@ -48,6 +52,9 @@ class FakeClient:
 class World:
     def __init__(self) -> None:
         self.down = False
+        #: starts hang (a producer id that never comes) while this is above zero
+        self.hang_starts = 0
+        self.hung: list[FakeClient] = []
         self.started = 0
         self.written: list[bytes] = []
         self.clients: list[FakeClient] = []
@@ -99,6 +106,32 @@ async def test_publish_until_done_rides_out_an_outage() -> None:
     await asyncio.wait_for(task, 5)
     assert sorted(world.written) == [b"a", b"b"]
     assert p.healthy
+    await p.stop()
+
+
+async def test_a_start_that_hangs_is_abandoned_for_a_fresh_client() -> None:
+    world = World()
+    p = DurableProducer(
+        "unused",
+        "test",
+        factory=world.factory,  # type: ignore[arg-type]
+        backoff=(0.01, 0.02),
+        start_timeout=0.05,
+    )
+    await p.start()
+    world.down = True
+    with pytest.raises(PublishFailed):
+        await p.publish([Record("t", b"1")], 1)
+    world.down = False
+    world.hang_starts = 2  # the first two rebuilt clients never get a producer id
+    for _ in range(300):
+        if p.healthy:
+            break
+        await asyncio.sleep(0.01)
+    assert p.healthy and p.rebuilds == 1
+    assert len(world.hung) == 2 and all(c.stopped for c in world.hung)
+    await p.publish([Record("t", b"2")], 1)
+    assert world.written == [b"2"]
     await p.stop()
 
 

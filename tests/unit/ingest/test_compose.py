@@ -167,3 +167,26 @@ def test_whatever_the_fields_one_from_and_no_injected_line(
     assert len(parsed.get_all("To") or []) == 1
     for header in headers:
         assert len(parsed.get_all(header) or []) == 1
+
+
+@pytest.mark.parametrize("name", ["X-A\r\nFrom", "X-A\r\nfrom ", "X-A\r\nFROM\t"])
+def test_a_second_from_line_that_slipped_past_the_field_checks_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The last guard reads the composed bytes as a receiver would: with the name check
+    switched off, an injected From line is still refused."""
+    import services.ingest.compose as module
+
+    monkeypatch.setattr(module, "check_field_name", lambda *_a, **_k: None)
+    assert refusal(headers={name: "ceo@bank.example"}) == ("INVALID_HEADER", "headers")
+    # and a From inside a folded line, or a field merely starting with "From", is not one
+    content = compose(request(headers={"X-Note": "From: a\tb", "From-Campaign": "x"}), "m-1")
+    assert len(headers_of(content).get_all("From") or []) == 1
+
+
+def test_multipart_boundaries_are_unique_and_absent_from_the_bodies() -> None:
+    contents = [compose(request(text="plain", html="<p>html</p>"), f"m-{i}") for i in range(2)]
+    boundaries = [headers_of(c).get_boundary() for c in contents]
+    assert boundaries[0] != boundaries[1]
+    for content, boundary in zip(contents, boundaries, strict=True):
+        assert content.mime.count(f"--{boundary}") == 3  # two parts, one close

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import uvloop
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -117,11 +118,12 @@ def install_stop_handlers(stop: asyncio.Event) -> None:
 
 
 def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[Any]]) -> None:
-    """Run ``main(stop)`` in a fresh event loop with signal handlers installed."""
+    """Run ``main(stop)`` in a fresh event loop (uvloop's: its sockets, timers and callbacks
+    cost less CPU than the standard loop's) with signal handlers installed."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         install_stop_handlers(stop)
         await main(stop)
 
-    asyncio.run(runner())
+    uvloop.run(runner())

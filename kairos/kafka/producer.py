@@ -121,13 +121,11 @@ class DurableProducer:
         while not self._closed:
             client = self._factory()
             try:
-                # bounded: a transactional client's start waits for its producer id, and after
-                # a broker freeze that wait can hang on a dead connection; a fresh client
-                # with fresh connections gets one
-                await asyncio.wait_for(client.start(), self._start_timeout)
+                await self._bounded_start(client)
             except (KafkaError, OSError, TimeoutError) as exc:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), 5)
+                retire = asyncio.create_task(_retire(client))
+                self._retired.add(retire)
+                retire.add_done_callback(self._retired.discard)
                 log.warning(
                     "producer cannot start, retrying",
                     producer=self.name,
@@ -144,6 +142,21 @@ class DurableProducer:
                 count(self.name, "producer_rebuilt")
                 log.info("producer rebuilt", producer=self.name, generation=self._generation)
             return
+
+    async def _bounded_start(self, client: AIOKafkaProducer) -> None:
+        """``client.start()``, given up after ``start_timeout``. A transactional client's start
+        waits for its producer id, and after a broker freeze that wait can hang for good on a
+        dead connection (seen in the fault suite: ingest never healthy again). The start is
+        abandoned, not awaited through its cancellation: ``asyncio.wait_for`` waits for the
+        cancelled start to finish, and a start that swallows the cancellation hangs it too."""
+        task = asyncio.ensure_future(client.start())
+        done, _ = await asyncio.wait({task}, timeout=self._start_timeout)
+        if task in done:
+            task.result()
+            return
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise TimeoutError(f"no producer id in {self._start_timeout:g}s")
 
     def _failed(self, generation: int, exc: BaseException) -> None:
         """A send of client ``generation`` failed: retire that client and build a new one

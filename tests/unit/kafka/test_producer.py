@@ -4,6 +4,7 @@ mistake (a fake aiokafka client stands in for the broker)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -26,7 +27,9 @@ class FakeClient:
         if self.world.hang_starts > 0:
             self.world.hang_starts -= 1
             self.world.hung.append(self)
-            await asyncio.Event().wait()
+            while not self.stopped:  # deaf to cancellation, as a start can be
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.01)
         self.world.started += 1
 
     async def stop(self) -> None:
@@ -129,6 +132,7 @@ async def test_a_start_that_hangs_is_abandoned_for_a_fresh_client() -> None:
             break
         await asyncio.sleep(0.01)
     assert p.healthy and p.rebuilds == 1
+    await asyncio.sleep(0.05)  # the abandoned clients are stopped in the background
     assert len(world.hung) == 2 and all(c.stopped for c in world.hung)
     await p.publish([Record("t", b"2")], 1)
     assert world.written == [b"2"]

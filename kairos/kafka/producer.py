@@ -122,7 +122,7 @@ class DurableProducer:
             client = self._factory()
             try:
                 await self._bounded_start(client)
-            except (KafkaError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # whatever stops a start, the next client is tried
                 retire = asyncio.create_task(_retire(client))
                 self._retired.add(retire)
                 retire.add_done_callback(self._retired.discard)
@@ -152,6 +152,8 @@ class DurableProducer:
         task = asyncio.ensure_future(client.start())
         done, _ = await asyncio.wait({task}, timeout=self._start_timeout)
         if task in done:
+            if task.cancelled():  # by the client itself: as much a failed start as any other
+                raise TimeoutError("start cancelled")
             task.result()
             return
         task.cancel()
@@ -173,15 +175,26 @@ class DurableProducer:
             retire = asyncio.create_task(_retire(old))
             self._retired.add(retire)
             retire.add_done_callback(self._retired.discard)
-        self._rebuild = asyncio.create_task(self._start_new())
+        self._rebuild = None
+        self.ensure_rebuilding()
+
+    def ensure_rebuilding(self) -> None:
+        """Without a client, make sure a rebuild is under way: one that ended without a
+        client (an error nobody awaited) is started again, so a producer is never left
+        without a client and without a rebuild."""
+        if self._closed or self._client is not None:
+            return
+        if self._rebuild is None or self._rebuild.done():
+            self._rebuild = asyncio.create_task(self._start_new())
+            self._rebuild.add_done_callback(_rebuild_ended)
 
     async def _current(self, deadline: float | None) -> tuple[AIOKafkaProducer, int]:
         """The working client, waiting for a rebuild until ``deadline`` (monotonic)."""
         while self._client is None:
             if self._closed:
                 raise PublishFailed(f"{self.name}: producer stopped")
-            if self._rebuild is None or self._rebuild.done():
-                self._rebuild = asyncio.create_task(self._start_new())
+            self.ensure_rebuilding()
+            assert self._rebuild is not None
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise PublishFailed(f"{self.name}: broker unavailable")
@@ -307,6 +320,12 @@ async def _retire(client: AIOKafkaProducer) -> None:
         await client.client.close()
 
 
+def _rebuild_ended(task: asyncio.Task[None]) -> None:
+    """Say why a rebuild ended without a client (it is started again on the next use)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("producer rebuild failed", error=repr(task.exception())[:300])
+
+
 def _consume(fut: asyncio.Future[Any]) -> None:
     """Retrieve a late result so asyncio does not log it as never retrieved."""
     if not fut.cancelled():
@@ -391,6 +410,7 @@ class TransactionalProducer:
         :class:`PublishFailed` (nothing of it is visible to read_committed readers, unless
         the commit was under way and its answer took longer than ``within`` + 2 s)."""
         if self._durable._client is None:
+            self._durable.ensure_rebuilding()
             raise PublishFailed(f"{self.name}: broker unavailable")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((records, time.monotonic() + within, fut))

@@ -123,9 +123,7 @@ class DurableProducer:
             try:
                 await self._bounded_start(client)
             except Exception as exc:  # whatever stops a start, the next client is tried
-                retire = asyncio.create_task(_retire(client))
-                self._retired.add(retire)
-                retire.add_done_callback(self._retired.discard)
+                self._retire_later(client)
                 log.warning(
                     "producer cannot start, retrying",
                     producer=self.name,
@@ -142,6 +140,12 @@ class DurableProducer:
                 count(self.name, "producer_rebuilt")
                 log.info("producer rebuilt", producer=self.name, generation=self._generation)
             return
+
+    def _retire_later(self, client: AIOKafkaProducer) -> None:
+        """Stop ``client`` in the background (kept until done, so ``stop`` can cancel it)."""
+        retire = asyncio.create_task(_retire(client))
+        self._retired.add(retire)
+        retire.add_done_callback(self._retired.discard)
 
     async def _bounded_start(self, client: AIOKafkaProducer) -> None:
         """``client.start()``, given up after ``start_timeout``. A transactional client's start
@@ -172,9 +176,7 @@ class DurableProducer:
             return
         old, self._client = self._client, None
         if old is not None:
-            retire = asyncio.create_task(_retire(old))
-            self._retired.add(retire)
-            retire.add_done_callback(self._retired.discard)
+            self._retire_later(old)
         self._rebuild = None
         self.ensure_rebuilding()
 

@@ -132,7 +132,7 @@ async def test_a_start_that_hangs_is_abandoned_for_a_fresh_client() -> None:
             break
         await asyncio.sleep(0.01)
     assert p.healthy and p.rebuilds == 1
-    await asyncio.sleep(0.05)  # the abandoned clients are stopped in the background
+    await asyncio.gather(*p._retired)  # the abandoned clients are stopped in the background
     assert len(world.hung) == 2 and all(c.stopped for c in world.hung)
     await p.publish([Record("t", b"2")], 1)
     assert world.written == [b"2"]

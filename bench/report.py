@@ -520,22 +520,41 @@ def chart(r: dict[str, Any], path: Path) -> bool:
 
 
 def soak_table(soak: dict[str, Any]) -> str:
-    """Memory and disk of each service at the soak's checkpoint and end, and the growth per
-    message between them (about 0 when its state is bounded)."""
+    """Memory and disk of each service at the soak's checkpoint and end, the growth per
+    message between them and over the second half (about 0 when its state is bounded), and
+    each reading's RSS (where a bounded cache stops growing)."""
     mid, end, growth = soak["at_checkpoint"], soak["at_end"], soak["growth_bytes_per_message"]
+    late = soak.get("growth_second_half", {})
     lines = [
         f"soak: {soak['messages']:,} messages at {soak['rate_asked']:,}/s "
         f"({soak['seconds']:.0f} s, {'complete' if soak['complete'] else 'INCOMPLETE'}); "
-        f"first reading after {soak['checkpoint']:,}",
+        f"first reading after {soak['checkpoint']:,}"
+        + (f"; second half from {soak['half']:,}" if late else ""),
         f"{'service':10} {'RSS then':>10} {'RSS end':>10} {'B/msg':>7} "
-        f"{'disk then':>11} {'disk end':>11} {'B/msg':>7}",
+        f"{'disk then':>11} {'disk end':>11} {'B/msg':>7}"
+        + (f" {'RSS B/msg 2nd half':>19} {'disk':>6}" if late else ""),
     ]
     for service in sorted(end):
         if service not in mid:
             continue
-        lines.append(
+        row = (
             f"{service:10} {mid[service]['rss'] / 2**20:9.1f}M {end[service]['rss'] / 2**20:9.1f}M "
             f"{growth[service]['rss']:7.1f} {mid[service]['disk'] / 2**20:10.1f}M "
             f"{end[service]['disk'] / 2**20:10.1f}M {growth[service]['disk']:7.1f}"
         )
+        if service in late:
+            row += f" {late[service]['rss']:19.1f} {late[service]['disk']:6.1f}"
+        lines.append(row)
+    readings = soak.get("readings", [])
+    if len(readings) > 2:
+        lines.append("RSS (MB) at each reading:")
+        lines.append(f"{'messages':>10} " + " ".join(f"{s:>9}" for s in sorted(end)))
+        for r in readings:
+            h = r["holdings"]
+            lines.append(
+                f"{r['messages']:>10,} "
+                + " ".join(
+                    f"{h[s]['rss'] / 2**20:9.1f}" if s in h else f"{'':>9}" for s in sorted(end)
+                )
+            )
     return "\n".join(lines)

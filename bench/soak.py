@@ -72,37 +72,51 @@ async def soak(
     p: Pipeline, account: str, n: int, per_s: int, checkpoint: int, drain: float
 ) -> dict[str, Any]:
     """``n`` messages at ``per_s`` a second, each due ``AHEAD`` s after it is written; the
-    holdings after ``checkpoint`` of them and after all, and the growth per message."""
+    holdings after the first ``checkpoint`` of them (the pipeline drained), after each further
+    ``checkpoint`` (under load) and after all (drained), and the growth per message from the
+    first reading to the end and over the second half (a state bounded by a cache's size grows
+    until the cache is full, then stays flat: the series shows where)."""
 
     def make(mid: str) -> tuple[bytes, bytes]:
         return mid.encode(), encode(scheduled(account, mid, int(time.time()) + AHEAD))
 
     started = time.time()
-    first = await paced(p.bootstrap, p.topic("schedule"), per_s, checkpoint / per_s, make, TAG)
-    ok_first = await drained(p, time.monotonic() + drain)
-    mid = holdings(p)
-    rest = await paced(
-        p.bootstrap, p.topic("schedule"), per_s, (n - checkpoint) / per_s, make, TAG + "2"
-    )
-    ok_rest = await drained(p, time.monotonic() + drain)
-    end = holdings(p)
-    written_mid, written = len(first), len(first) + len(rest)
-    growth = {
-        service: {
-            what: (end[service][what] - mid[service][what]) / max(1, written - written_mid)
-            for what in ("rss", "disk")
-        }
-        for service in end
-        if service in mid
-    }
+    readings: list[dict[str, Any]] = []
+    complete = True
+    written = 0
+    while written < n:
+        size = min(checkpoint, n - written)
+        sent = await paced(
+            p.bootstrap, p.topic("schedule"), per_s, size / per_s, make, f"{TAG}{len(readings)}"
+        )
+        written += len(sent)
+        if not readings or written >= n:  # the first and the last reading: drained
+            complete = await drained(p, time.monotonic() + drain) and complete
+        readings.append({"messages": written, "holdings": holdings(p)})
+    first, last = readings[0], readings[-1]
+    half = min(readings, key=lambda r: abs(r["messages"] - n / 2))
     return {
         "messages": written,
-        "checkpoint": written_mid,
+        "checkpoint": first["messages"],
         "rate_asked": per_s,
         "seconds": round(time.time() - started, 1),
-        "complete": ok_first and ok_rest,
-        "at_checkpoint": mid,
-        "at_end": end,
-        "growth_bytes_per_message": growth,
+        "complete": complete,
+        "at_checkpoint": first["holdings"],
+        "at_end": last["holdings"],
+        "growth_bytes_per_message": growth(first, last),
+        "half": half["messages"],
+        "growth_second_half": growth(half, last),
+        "readings": readings,
         "env": SOAK_ENV,
+    }
+
+
+def growth(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Bytes per message each service's RSS and disk grew from reading ``a`` to ``b``."""
+    msgs = max(1, b["messages"] - a["messages"])
+    ha, hb = a["holdings"], b["holdings"]
+    return {
+        service: {what: (hb[service][what] - ha[service][what]) / msgs for what in ("rss", "disk")}
+        for service in hb
+        if service in ha
     }

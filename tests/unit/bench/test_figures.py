@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from bench import report
 from bench.burst import figures, first_by_id, topic_growth
@@ -114,6 +115,40 @@ def test_the_soak_table_shows_growth_per_message() -> None:
     assert "200,000 messages at 1,000/s" in text and "complete" in text
     row = next(line for line in text.splitlines() if line.startswith("timer"))
     assert "100.0M" in row and "101.0M" in row and "10.5" in row and "0.0" in row
+
+
+def test_the_soak_shows_a_bounded_cache_flat_in_its_second_half() -> None:
+    from bench.report import soak_table
+    from bench.soak import growth
+
+    mb = 2**20
+
+    def reading(msgs: int, rss_mb: float) -> dict[str, Any]:
+        return {"messages": msgs, "holdings": {"timer": {"rss": int(rss_mb * mb), "disk": 0}}}
+
+    # grows until its cache is full at 300,000, then flat
+    readings = [reading(k * 100_000, min(k, 3) * 100 + 200) for k in range(1, 11)]
+    first, half, last = readings[0], readings[4], readings[-1]
+    assert growth(first, last)["timer"]["rss"] == 200 * mb / 900_000
+    assert growth(half, last)["timer"]["rss"] == 0.0
+    soak = {
+        "messages": 1_000_000,
+        "checkpoint": 100_000,
+        "rate_asked": 400,
+        "seconds": 2600.0,
+        "complete": True,
+        "at_checkpoint": first["holdings"],
+        "at_end": last["holdings"],
+        "growth_bytes_per_message": growth(first, last),
+        "half": 500_000,
+        "growth_second_half": growth(half, last),
+        "readings": readings,
+    }
+    lines = soak_table(soak).splitlines()
+    assert "second half from 500,000" in lines[0]
+    row = next(line for line in lines if line.startswith("timer"))
+    assert row.split()[-2:] == ["0.0", "0.0"]
+    assert any(line.split() == ["300,000", "500.0"] for line in lines)
 
 
 def test_spread_lateness_is_measured_from_each_messages_own_second() -> None:

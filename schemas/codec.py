@@ -41,6 +41,10 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     # scheduled v2 only widened ``source`` (resend, mailgun): every v1 event is a valid v2
     ("scheduled", 1): lambda obj: obj,
+    # due and dispatch v2 may carry their text by reference; a v1 event carries it inline
+    # (no content_ref), which v2 still allows
+    ("due", 1): lambda obj: obj,
+    ("dispatch", 1): lambda obj: obj,
 }
 
 

@@ -177,6 +177,16 @@ ScheduleStreamEvent = Annotated[
 # -- due and dispatch -------------------------------------------------------------------------
 
 
+class ContentRef(BaseModel):
+    """Where a message's content is: its ``scheduled`` event in the schedule stream (the
+    claim check). The stream keeps it longer than a message can be pending."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partition: int = Field(ge=0, description="Partition of the schedule stream.")
+    offset: int = Field(ge=0, description="Offset of the scheduled event in that partition.")
+
+
 class _Ready(MessageEvent):
     due_at: int = Field(ge=0, description="The due unix second.")
     attempt: int = Field(ge=1, description="Delivery attempt (1 for the first).")
@@ -184,21 +194,33 @@ class _Ready(MessageEvent):
     submitted_at: datetime
     emitted_at: datetime = Field(description="When the timer emitted the due event.")
     lateness_ms: int = Field(ge=0, description="emitted_at minus the due second, in ms.")
-    content: MessageContent
+    content: MessageContent = Field(
+        description="Envelope and size; its mime is empty when content_ref is set (v2)."
+    )
+    content_ref: ContentRef | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # not written at all for an inline text
+        description="Where the message text is (v2): the scheduled event whose content.mime "
+        "the sender relays. None: content.mime is the text itself.",
+    )
 
 
 class Due(_Ready):
-    """A message whose due second has come. (message_id, attempt) identifies a repeat."""
+    """A message whose due second has come. (message_id, attempt) identifies a repeat.
+
+    v2: the message text travels by reference (``content_ref``), not in the event."""
 
     type: Literal["due"] = "due"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
 
 
 class Dispatch(_Ready):
-    """A due message that passed send-time validation and may be delivered."""
+    """A due message that passed send-time validation and may be delivered.
+
+    v2: the message text travels by reference (``content_ref``), not in the event."""
 
     type: Literal["dispatch"] = "dispatch"
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     validated_at: datetime
 
 

@@ -9,6 +9,7 @@ the id exists.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Header, Query
@@ -161,8 +162,25 @@ class ScheduledMail:
         """Move a pending message to ``due`` (already checked against the clock and the
         horizon): the status it led to, or "requested"."""
         found = await self.pending(account, message_id, "rescheduled")
+        check_kept(found.get("submitted_at"), due)
         event = RescheduleRequested(**self.envelope(account, message_id), due_at=due)
         return await self.run(account, found, event, "rescheduled")
+
+
+def check_kept(submitted_at: str | None, due: int) -> None:
+    """A message's text stays in the schedule stream for a while past the horizon after its
+    submission (the claim check, docs/operations.md): a reschedule may not move it later
+    than the horizon counted from its submission (``SCHEDULED_AT_TOO_FAR``)."""
+    if not submitted_at:
+        return
+    limit = datetime.fromisoformat(submitted_at).timestamp() + MAX_HORIZON_SECONDS
+    if due > limit:
+        raise SubmitError(
+            "SCHEDULED_AT_TOO_FAR",
+            f"{due} is more than {MAX_HORIZON_SECONDS // 86400} days after the message was "
+            f"submitted (latest {int(limit)})",
+            "scheduledAt",
+        )
 
 
 def manage_router(

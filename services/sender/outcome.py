@@ -108,3 +108,23 @@ def result_of(
         traceparent=common["traceparent"],
     )
     return SendResult(outcome, retry=retry)
+
+
+def text_missing(d: Dispatch, now: float) -> SendResult:
+    """``d``'s text is not in the schedule stream any more (its retention passed): a failure
+    to record, not a message to send empty."""
+    return SendResult(
+        Failed(
+            traceparent=d.traceparent,
+            occurred_at=to_datetime(now),
+            account_id=d.account_id,
+            message_id=d.message_id,
+            attempt=d.attempt,
+            due_at=d.due_at,
+            batch_id=d.batch_id,
+            recipients=d.content.rcpt_to,
+            stage="delivery",
+            reason="content_missing",
+            text="the message text is no longer in the schedule stream (past its retention)",
+        )
+    )

@@ -27,14 +27,15 @@ from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from kairos.unsubscribe import make_token, unsubscribe_key
 from schemas.codec import DecodeError, decode_as, encode
-from schemas.events import Delivered, Dispatch
+from schemas.events import Delivered, Dispatch, MessageContent
 from schemas.reference import SuppressionState, suppression_key
 from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
+from services.sender.content import ContentReader, ContentUnavailable, Ref
 from services.sender.handled import HandledAttempts
 from services.sender.message import DkimKeys, prepare, unsubscribe_fields
-from services.sender.outcome import result_of
+from services.sender.outcome import SendResult, result_of, text_missing
 from services.sender.policy import RetryPolicy
-from services.sender.relay import RelayPool
+from services.sender.relay import RelayPool, RelayReply
 
 log = get_logger("kairos.sender")
 
@@ -115,6 +116,8 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     )
     await health.start()
     await producer.start()
+    texts = ContentReader(bootstrap, schedule_topic)
+    await texts.start()
     handled = HandledAttempts(settings.dedupe_lookback)
     #: attempts being relayed now: a copy of a dispatch in the same fetch (or a concurrent
     #: one) is not relayed beside it
@@ -142,11 +145,19 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         relay=f"{settings.relay_host}:{settings.relay_port}",
     )
 
-    async def deliver(record: ConsumerRecord[bytes, bytes]) -> None:
+    def decoded(record: ConsumerRecord[bytes, bytes]) -> Dispatch | DecodeError:
         try:
-            d: Dispatch = decode_as(record.value, Dispatch)
+            return decode_as(record.value, Dispatch)
         except DecodeError as exc:
-            await dead(record, "undecodable", exc)
+            return exc
+
+    async def deliver(
+        record: ConsumerRecord[bytes, bytes],
+        d: Dispatch | DecodeError,
+        found: dict[Ref, MessageContent | None],
+    ) -> None:
+        if isinstance(d, DecodeError):
+            await dead(record, "undecodable", d)
             return
         attempt = (d.message_id, d.attempt)
         if attempt in handled or attempt in in_flight:
@@ -155,6 +166,19 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             return
         in_flight.add(attempt)
         try:
+            if d.content_ref is not None:
+                text = found.get((d.content_ref.partition, d.content_ref.offset))
+                if text is None:
+                    await publish(d, record, text_missing(d, clock.now()), None)
+                    return
+                # the envelope is the dispatch's (validation may have dropped recipients)
+                d = d.model_copy(
+                    update={
+                        "content": d.content.model_copy(
+                            update={"mime": text.mime, "mime_encoding": text.mime_encoding}
+                        )
+                    }
+                )
             await relay(d, record)
         except (TimeoutError, OSError, PublishFailed):
             raise
@@ -182,7 +206,14 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             )
             reply = await pool.send(d.content.mail_from, d.content.rcpt_to, data)
             tracing.annotate(**{"smtp.code": reply.code, "smtp.recipients": len(d.content.rcpt_to)})
-        result = result_of(d, reply, clock.now(), policy, traceparent)
+        await publish(d, record, result_of(d, reply, clock.now(), policy, traceparent), reply)
+
+    async def publish(
+        d: Dispatch,
+        record: ConsumerRecord[bytes, bytes],
+        result: SendResult,
+        reply: RelayReply | None,
+    ) -> None:
         out = [Record(outcomes_topic, encode(result.outcome), record.key)]
         for address in result.hard_bounces:
             bounce = SuppressionState(
@@ -211,7 +242,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             result.outcome.type,
             message_id=d.message_id,
             attempt=d.attempt,
-            code=reply.code,
+            code=None if reply is None else reply.code,
             hard_bounces=len(result.hard_bounces),
         )
 
@@ -236,7 +267,27 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
                 reload.clear()
                 since = clock.now() - settings.dedupe_lookback
                 handled.update(await reread(since), clock.now())
-        await asyncio.gather(*(deliver(r) for r in records))
+        ds = [decoded(r) for r in records]
+        refs = [
+            (d.content_ref.partition, d.content_ref.offset)
+            for d in ds
+            if isinstance(d, Dispatch) and d.content_ref is not None
+        ]
+        found = await read_texts(refs) if refs else {}
+        await asyncio.gather(*(deliver(r, d, found) for r, d in zip(records, ds, strict=True)))
+
+    async def read_texts(refs: list[Ref]) -> dict[Ref, MessageContent | None]:
+        """The texts of a batch's dispatches, retried through a broker outage."""
+        delay = 0.5
+        while True:
+            try:
+                return await texts.fetch(refs)
+            except ContentUnavailable as exc:
+                if stop.is_set():
+                    raise
+                log.warning("reading message texts failed, retrying", error=str(exc)[:200])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     lag = asyncio.create_task(track_lag("sender", consumer))
     try:
@@ -244,6 +295,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     finally:
         lag.cancel()
         await consumer.stop()
+        await texts.stop()
         await producer.stop()
         await pool.close()
         await health.stop()

@@ -34,6 +34,7 @@ from schemas.events import (
     Cancelled,
     CancelRequested,
     CommandRejected,
+    ContentRef,
     Due,
     Failed,
     PauseRequested,
@@ -268,7 +269,7 @@ class Timer:
             if isinstance(ev, Scheduled) and withdrawn(ev, appended_at(event.message)):
                 self._withdrawn(ev, event.value, state.partition)
                 continue
-            await self.handle(state, ev, event.value)
+            await self.handle(state, ev, event.value, (partition, event.message.offset))
         await self._drain()
         for _state, pending, index, first in states.values():
             _current_event.set(weakref.ref(first))
@@ -286,9 +287,13 @@ class Timer:
         count("timer", "withdrawn")
         log.warning("late submission withdrawn", message_id=ev.message_id)
 
-    async def handle(self, state: TimerState, ev: Any, raw: bytes) -> None:
-        """Apply one schedule-stream event to one partition's state. Whatever it fires is
-        published and acknowledged before the state forgets it."""
+    async def handle(
+        self, state: TimerState, ev: Any, raw: bytes, at: tuple[int, int] | None = None
+    ) -> None:
+        """Apply one schedule-stream event (found at ``at``: partition, offset) to one
+        partition's state. Whatever it fires is published and acknowledged before the state
+        forgets it. A schedule's text stays where it is, in the stream: the state keeps its
+        envelope and ``at`` (the claim check)."""
         if isinstance(ev, Tick):
             TICK.labels(str(state.partition)).set(ev.now)
             while True:
@@ -305,7 +310,7 @@ class Timer:
                     return
         now = self.clock.now()
         if isinstance(ev, Scheduled):
-            outcome = state.schedule(ev, raw, now)
+            outcome = state.schedule(ev, raw, now, ref=at)
         elif isinstance(ev, CancelRequested):
             outcome = state.cancel(ev.message_id, now)
         elif isinstance(ev, RescheduleRequested):
@@ -407,7 +412,7 @@ def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:
     event = {
         "event_id": new_event_id(),
         "type": "due",
-        "schema_version": 1,
+        "schema_version": 2,
         "occurred_at": at,
         "account_id": sched["account_id"],
         "message_id": fire.message_id,
@@ -419,6 +424,8 @@ def due_bytes(fire: Fire, now: float) -> tuple[bytes, int]:
         "lateness_ms": lateness_ms,
         "content": sched["content"],
     }
+    if fire.entry.ref is not None:
+        event["content_ref"] = {"partition": fire.entry.ref[0], "offset": fire.entry.ref[1]}
     if traceparent is not None:
         event["traceparent"] = traceparent
     return orjson.dumps(event, option=orjson.OPT_UTC_Z), lateness_ms
@@ -443,6 +450,9 @@ def fire_event(fire: Fire, now: float) -> Due | Failed | Cancelled:
             emitted_at=to_datetime(now),
             lateness_ms=max(0, round((now - fire.entry.due) * 1000)),
             content=sched.content,
+            content_ref=None
+            if fire.entry.ref is None
+            else ContentRef(partition=fire.entry.ref[0], offset=fire.entry.ref[1]),
         )
     outcome = {
         **common,

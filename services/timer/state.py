@@ -47,29 +47,35 @@ CHUNK = 64
 class Entry:
     """A pending message as the timer keeps it."""
 
-    scheduled: bytes  # the encoded Scheduled event (content included)
+    #: the encoded Scheduled event; its content's mime is empty when ``ref`` is set
+    scheduled: bytes
     due: int
     attempt: int
     status: Status = "scheduled"
     batch_id: str | None = None
     #: set while paused: the second at which the pause expires
     expires: int | None = None
+    #: (partition, offset) of the Scheduled event in the schedule stream, which holds its
+    #: text (the claim check); None for an entry that holds its text itself
+    ref: tuple[int, int] | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "s": self.scheduled.decode(),
-                "d": self.due,
-                "a": self.attempt,
-                "st": self.status,
-                "b": self.batch_id,
-                "x": self.expires,
-            }
-        )
+        d = {
+            "s": self.scheduled.decode(),
+            "d": self.due,
+            "a": self.attempt,
+            "st": self.status,
+            "b": self.batch_id,
+            "x": self.expires,
+        }
+        if self.ref is not None:
+            d["r"] = self.ref
+        return orjson.dumps(d)
 
     @classmethod
     def decode(cls, raw: bytes) -> Entry:
         d = orjson.loads(raw)
+        ref = d.get("r")
         return cls(
             scheduled=d["s"].encode(),
             due=d["d"],
@@ -77,7 +83,16 @@ class Entry:
             status=d["st"],
             batch_id=d["b"],
             expires=d["x"],
+            ref=None if ref is None else (ref[0], ref[1]),
         )
+
+
+def by_reference(raw: bytes) -> bytes:
+    """``raw`` (an encoded Scheduled event) without its message text: what the timer keeps
+    when the schedule stream holds the text (claim check)."""
+    obj = orjson.loads(raw)
+    obj["content"]["mime"] = ""
+    return orjson.dumps(obj)
 
 
 @dataclass(frozen=True)
@@ -194,19 +209,29 @@ class TimerState:
 
     # -- stream events -------------------------------------------------------------------
 
-    def schedule(self, ev: Scheduled, raw: bytes, now: float, paused: bool = False) -> Outcome:
-        """A new schedule (or a retry attempt). A repeat of a known attempt is ignored."""
+    def schedule(
+        self,
+        ev: Scheduled,
+        raw: bytes,
+        now: float,
+        paused: bool = False,
+        ref: tuple[int, int] | None = None,
+    ) -> Outcome:
+        """A new schedule (or a retry attempt). A repeat of a known attempt is ignored.
+        With ``ref`` (where ``ev`` is in the schedule stream), only ``ev``'s envelope is kept:
+        its text is read from there when it is sent."""
         known = self.pending.get(ev.message_id.encode())
         if known is not None:
             old = Entry.decode(known)
             if old.attempt >= ev.attempt:
                 return Outcome(False, "duplicate", entry=old)
         entry = Entry(
-            scheduled=raw,
+            scheduled=raw if ref is None else by_reference(raw),
             due=ev.due_at,
             attempt=ev.attempt,
             batch_id=ev.batch_id,
             status="paused" if paused else "scheduled",
+            ref=ref,
         )
         self.pending[ev.message_id.encode()] = entry.encode()
         if ev.batch_id is not None:

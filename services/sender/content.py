@@ -8,7 +8,9 @@ references of every call waiting are served together, each partition's offsets r
 
 The schedule stream keeps its events longer than a message can be pending (35 days against
 the 30-day horizon); a text that is gone all the same (its offset below the partition's
-first) is reported missing, and the sender records a ``failed`` outcome for it.
+first or past its end, or the record there is not that message's ``scheduled`` event, as
+after the topic was recreated) is reported missing, and the sender records a ``failed``
+outcome for it: never another message's text, never an empty one.
 """
 
 from __future__ import annotations
@@ -17,22 +19,27 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
-import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
 from kairos.logging import get_logger
 from kairos.metrics import count
-from schemas.events import MessageContent
+from schemas.codec import decode_as
+from schemas.events import MessageContent, Scheduled
 
 log = get_logger("kairos.sender.content")
 
 Ref = tuple[int, int]
+#: whose text a reference should hold: (message id, attempt)
+Owner = tuple[str, int]
+Found = dict[Ref, MessageContent | None]
 
 #: wanted offsets at most this far apart are read through rather than sought to
 GAP = 200
+#: bytes per partition per fetch: a seek to a far offset reads this much past it (a larger
+#: record still comes whole)
+FETCH_BYTES = 512 * 1024
 
 
 class ContentUnavailable(OSError):
@@ -51,12 +58,16 @@ def runs(offsets: Iterable[int], gap: int = GAP) -> list[tuple[int, int]]:
     return out
 
 
-def content_of(value: bytes) -> MessageContent | None:
-    """The content of an encoded ``scheduled`` event (None for any other record)."""
-    obj = orjson.loads(value)
-    if not isinstance(obj, dict) or obj.get("type") != "scheduled":
+def content_of(value: bytes, owner: Owner) -> MessageContent | None:
+    """The content of an encoded ``scheduled`` event of ``owner`` (message id, attempt); None
+    for any other record (another message's, another type, undecodable)."""
+    try:
+        ev: Scheduled = decode_as(value, Scheduled)
+    except ValueError:
         return None
-    return MessageContent.model_validate(obj["content"])
+    if (ev.message_id, ev.attempt) != owner:
+        return None
+    return ev.content
 
 
 class ContentReader:
@@ -65,11 +76,13 @@ class ContentReader:
     def __init__(self, bootstrap: str, topic: str, timeout: float = 30.0) -> None:
         self.topic = topic
         self.timeout = timeout
+        # an offset out of range raises (and the read is tried again, with fresh bounds)
+        # rather than jumping to an end and answering a text that is there as missing
         self._consumer: AIOKafkaConsumer = make_consumer(
-            bootstrap, None, auto_offset_reset="latest"
+            bootstrap, None, auto_offset_reset="none", max_partition_fetch_bytes=FETCH_BYTES
         )
         self._tps: dict[int, TopicPartition] = {}
-        self._waiting: list[tuple[set[Ref], asyncio.Future[dict[Ref, MessageContent | None]]]] = []
+        self._waiting: list[tuple[dict[Ref, Owner], asyncio.Future[Found]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.reads = 0
 
@@ -86,58 +99,71 @@ class ContentReader:
     async def stop(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
+        self._answer(self._waiting, ContentUnavailable("the sender is stopping"))
+        self._waiting = []
         await self._consumer.stop()
 
-    async def fetch(self, refs: Iterable[Ref]) -> dict[Ref, MessageContent | None]:
-        """The content at each reference (None: not there any more). Calls that arrive while
-        a read is under way share the next one."""
-        wanted = set(refs)
-        if not wanted:
+    async def fetch(self, refs: dict[Ref, Owner]) -> Found:
+        """The content at each reference, if it is its owner's ``scheduled`` event (None: not
+        there). Calls that arrive while a read is under way share the next one."""
+        if not refs:
             return {}
-        fut: asyncio.Future[dict[Ref, MessageContent | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiting.append((wanted, fut))
+        fut: asyncio.Future[Found] = asyncio.get_running_loop().create_future()
+        self._waiting.append((dict(refs), fut))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run())
         return await fut
+
+    @staticmethod
+    def _answer(
+        waiting: list[tuple[dict[Ref, Owner], asyncio.Future[Found]]],
+        outcome: Found | BaseException,
+    ) -> None:
+        for refs, fut in waiting:
+            if fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result({r: outcome.get(r) for r in refs})
 
     async def _run(self) -> None:
         await asyncio.sleep(0)  # let the calls of one fetch's partitions join this read
         while self._waiting:
             waiting, self._waiting = self._waiting, []
-            wanted: set[Ref] = set().union(*(w for w, _ in waiting))
+            wanted: dict[Ref, Owner] = {}
+            for refs, _ in waiting:
+                wanted.update(refs)
             try:
                 found = await asyncio.wait_for(self._read(wanted), self.timeout)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                failure = ContentUnavailable(f"schedule stream unreadable: {exc!r}"[:300])
-                for _, fut in waiting:
-                    if not fut.done():
-                        fut.set_exception(failure)
+            except asyncio.CancelledError:
+                self._answer(waiting, ContentUnavailable("the sender is stopping"))
+                raise
+            except Exception as exc:  # whatever it was, no caller is left waiting
+                self._answer(waiting, ContentUnavailable(f"schedule stream unread: {exc!r}"[:300]))
                 continue
-            for refs, fut in waiting:
-                if not fut.done():
-                    fut.set_result({r: found.get(r) for r in refs})
+            self._answer(waiting, found)
 
-    async def _read(self, wanted: set[Ref]) -> dict[Ref, MessageContent | None]:
+    async def _read(self, wanted: dict[Ref, Owner]) -> Found:
         """One read of every wanted reference: each partition's runs in turn, the partitions
-        side by side."""
+        side by side. A reference outside its partition's bounds is missing."""
         by_partition: dict[int, list[int]] = defaultdict(list)
         for p, o in wanted:
             by_partition[p].append(o)
         if any(p not in self._tps for p in by_partition):
             await self._assign()  # the stream gained partitions
-        todo = {self._tps[p]: runs(offsets) for p, offsets in by_partition.items()}
-        firsts = await self._consumer.beginning_offsets(list(todo))
-        found: dict[Ref, MessageContent | None] = {}
         consumer = self._consumer
-        for tp, rs in todo.items():
-            # what retention removed is gone: those references are answered missing
-            while rs and rs[0][1] < firsts[tp]:
-                rs.pop(0)
-            if rs:
-                consumer.seek(tp, max(rs[0][0], firsts[tp]))
-        active = {tp for tp, rs in todo.items() if rs}
+        tps = [self._tps[p] for p in by_partition if p in self._tps]
+        firsts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        todo: dict[TopicPartition, list[tuple[int, int]]] = {}
+        for tp in tps:
+            inside = [o for o in by_partition[tp.partition] if firsts[tp] <= o < ends[tp]]
+            if inside:
+                todo[tp] = runs(inside)
+                consumer.seek(tp, todo[tp][0][0])
+        found: Found = {}
+        active = set(todo)
         consumer.resume(*active)
         try:
             while active:
@@ -146,11 +172,14 @@ class ContentReader:
                 for tp, records in batch.items():
                     for r in records:
                         ref = (tp.partition, r.offset)
-                        if ref in wanted and r.value is not None:
-                            content = content_of(r.value)
+                        owner = wanted.get(ref)
+                        if owner is not None and r.value is not None:
+                            content = content_of(r.value, owner)
                             if content is not None:
                                 found[ref] = content
-                    # runs wholly behind the position were read (or hold no such record)
+                # runs wholly behind a partition's position were read (a record skipped by
+                # read_committed, an aborted one or a marker, is not there to find)
+                for tp in list(active):
                     rs = todo[tp]
                     position = await consumer.position(tp)
                     while rs and position > rs[0][1]:
@@ -162,7 +191,7 @@ class ContentReader:
                         consumer.seek(tp, rs[0][0])
         finally:
             consumer.pause(*todo)
-        missing = wanted - found.keys()
+        missing = wanted.keys() - found.keys()
         if missing:
             count("sender", "content_missing", len(missing))
             log.warning("message texts not in the schedule stream", missing=len(missing))

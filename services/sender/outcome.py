@@ -125,6 +125,7 @@ def text_missing(d: Dispatch, now: float) -> SendResult:
             recipients=d.content.rcpt_to,
             stage="delivery",
             reason="content_missing",
-            text="the message text is no longer in the schedule stream (past its retention)",
+            text="the message text is not in the schedule stream (past its retention, or the "
+            "stream was recreated)",
         )
     )

@@ -27,10 +27,10 @@ from kairos.service import HealthServer, consume
 from kairos.settings import KairosSettings
 from kairos.unsubscribe import make_token, unsubscribe_key
 from schemas.codec import DecodeError, decode_as, encode
-from schemas.events import Delivered, Dispatch, MessageContent
+from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
 from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
-from services.sender.content import ContentReader, ContentUnavailable, Ref
+from services.sender.content import ContentReader, ContentUnavailable, Found, Owner, Ref
 from services.sender.handled import HandledAttempts
 from services.sender.message import DkimKeys, prepare, unsubscribe_fields
 from services.sender.outcome import SendResult, result_of, text_missing
@@ -154,7 +154,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     async def deliver(
         record: ConsumerRecord[bytes, bytes],
         d: Dispatch | DecodeError,
-        found: dict[Ref, MessageContent | None],
+        found: Found,
     ) -> None:
         if isinstance(d, DecodeError):
             await dead(record, "undecodable", d)
@@ -268,15 +268,18 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
                 since = clock.now() - settings.dedupe_lookback
                 handled.update(await reread(since), clock.now())
         ds = [decoded(r) for r in records]
-        refs = [
-            (d.content_ref.partition, d.content_ref.offset)
+        # the texts of the attempts still to relay (a redelivered one needs none)
+        refs = {
+            (d.content_ref.partition, d.content_ref.offset): (d.message_id, d.attempt)
             for d in ds
-            if isinstance(d, Dispatch) and d.content_ref is not None
-        ]
+            if isinstance(d, Dispatch)
+            and d.content_ref is not None
+            and (d.message_id, d.attempt) not in handled
+        }
         found = await read_texts(refs) if refs else {}
         await asyncio.gather(*(deliver(r, d, found) for r, d in zip(records, ds, strict=True)))
 
-    async def read_texts(refs: list[Ref]) -> dict[Ref, MessageContent | None]:
+    async def read_texts(refs: dict[Ref, Owner]) -> Found:
         """The texts of a batch's dispatches, retried through a broker outage."""
         delay = 0.5
         while True:

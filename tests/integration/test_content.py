@@ -5,6 +5,7 @@ made together served by one read, and a text that retention removed answered mis
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +15,7 @@ from aiokafka.structs import TopicPartition
 from kairos.kafka.clients import make_admin, make_producer
 from schemas.codec import encode
 from schemas.events import MessageContent, Scheduled, Tick
-from services.sender.content import ContentReader, runs
+from services.sender.content import ContentReader, ContentUnavailable, runs
 
 pytestmark = pytest.mark.kafka
 
@@ -47,6 +48,10 @@ async def test_texts_are_read_by_reference(bootstrap: str, prefix: str) -> None:
     producer = make_producer(bootstrap)
     await producer.start()
     refs: dict[tuple[int, int], int] = {}
+
+    def owners(rs: Iterable[tuple[int, int]]) -> dict[tuple[int, int], tuple[str, int]]:
+        return {r: (f"m{refs[r]}", 1) for r in rs}
+
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
         # per partition: a message, 500 ticks, a message, a tick, a message
@@ -62,7 +67,7 @@ async def test_texts_are_read_by_reference(bootstrap: str, prefix: str) -> None:
         reader = ContentReader(bootstrap, topic)
         await reader.start()
         try:
-            found = await reader.fetch(refs)
+            found = await reader.fetch(owners(refs))
             assert {ref: c.mime if c else None for ref, c in found.items()} == {
                 ref: f"Subject: {n}\r\n\r\nbody {n}" for ref, n in refs.items()
             }
@@ -72,20 +77,27 @@ async def test_texts_are_read_by_reference(bootstrap: str, prefix: str) -> None:
                 (1, max(o for p, o in refs if p == 1)),
             )
             reads = reader.reads
-            a, b = await asyncio.gather(reader.fetch([(p0, o0)]), reader.fetch([(p1, o1)]))
+            a, b = await asyncio.gather(
+                reader.fetch(owners([(p0, o0)])), reader.fetch(owners([(p1, o1)]))
+            )
             assert a[(p0, o0)] is not None and b[(p1, o1)] is not None
             assert set(a) == {(p0, o0)} and set(b) == {(p1, o1)}
             assert reader.reads - reads <= 2  # one read; a second fetch only if split
-            # a reference to a record that is not a scheduled event: no text
-            tick = (0, o0 + 1)
-            assert (await reader.fetch([tick]))[tick] is None
+            # a reference to a record that is not a scheduled event, to another message's or
+            # another attempt's, or past the end: no text
+            tick, end = (0, o0 + 1), (0, 10_000)
+            other = next(r for r in refs if r[0] == 0 and r != (p0, o0))
+            got = await reader.fetch(
+                {tick: ("m0", 1), other: ("m0", 1), (p0, o0): ("m0", 2), end: ("m0", 1)}
+            )
+            assert got == {tick: None, other: None, (p0, o0): None, end: None}
             # retention removed the first message of partition 2: missing, the others read
             first2 = min(o for p, o in refs if p == 2)
             await admin.delete_records(
                 {TopicPartition(topic, 2): RecordsToDelete(first2 + 1)}, timeout_ms=10_000
             )
             rest = [r for r in refs if r[0] == 2]
-            got = await reader.fetch(rest)
+            got = await reader.fetch(owners(rest))
             assert got[(2, first2)] is None
             assert all(got[r] is not None for r in rest if r != (2, first2))
         finally:
@@ -100,3 +112,16 @@ def test_offsets_close_together_are_one_run() -> None:
     assert runs([5, 1, 3, 900, 1000, 5000], gap=200) == [(1, 5), (900, 1000), (5000, 5000)]
     assert runs([], gap=10) == []
     assert runs([7, 7], gap=0) == [(7, 7)]
+
+
+async def test_a_read_that_breaks_answers_every_caller() -> None:
+    reader = ContentReader("127.0.0.1:1", "nowhere")
+
+    async def broken(wanted: object) -> object:
+        raise ValueError("not a decodable record")
+
+    reader._read = broken  # type: ignore[method-assign,assignment]
+    calls = [reader.fetch({(0, 1): ("m", 1)}), reader.fetch({(1, 1): ("n", 1)})]
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert all(isinstance(r, ContentUnavailable) for r in results)
+    await reader.stop()

@@ -188,7 +188,17 @@ class DurableProducer:
             return
         if self._rebuild is None or self._rebuild.done():
             self._rebuild = asyncio.create_task(self._start_new())
-            self._rebuild.add_done_callback(_rebuild_ended)
+            self._rebuild.add_done_callback(self._rebuild_ended)
+
+    def _rebuild_ended(self, task: asyncio.Task[None]) -> None:
+        """A rebuild that ended without a client (an error, a cancellation from outside) is
+        started again after a pause, and on the next use: a producer nobody writes through for
+        a while (ingest's commands) would otherwise stay unhealthy for good."""
+        if self._closed or self._client is not None:
+            return
+        error = "cancelled" if task.cancelled() else repr(task.exception())[:300]
+        log.warning("producer rebuild failed, restarting it", producer=self.name, error=error)
+        asyncio.get_running_loop().call_later(self._backoff[1], self.ensure_rebuilding)
 
     async def _current(self, deadline: float | None) -> tuple[AIOKafkaProducer, int]:
         """The working client, waiting for a rebuild until ``deadline`` (monotonic)."""
@@ -227,6 +237,7 @@ class DurableProducer:
         rebuilt (the broker did not answer a moment ago)."""
         client = self._client
         if client is None:
+            self.ensure_rebuilding()
             raise PublishFailed(f"{self.name}: broker unavailable")
         generation = self._generation
         try:
@@ -320,12 +331,6 @@ async def _retire(client: AIOKafkaProducer) -> None:
         await asyncio.wait_for(client.stop(), 5)
     with contextlib.suppress(Exception):
         await client.client.close()
-
-
-def _rebuild_ended(task: asyncio.Task[None]) -> None:
-    """Say why a rebuild ended without a client (it is started again on the next use)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("producer rebuild failed", error=repr(task.exception())[:300])
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -164,6 +165,8 @@ class IdempotencyLog:
         #: how long writing a record, and then reading the verdict, may take
         self.timeout = timeout
         self.records: dict[str, list[Record]] = {}
+        #: (expiry, key) of every record held, earliest first: what a sweep looks at
+        self._expiries: list[tuple[float, str]] = []
         self._positions: dict[int, int] = {}
         self._moved = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -183,18 +186,24 @@ class IdempotencyLog:
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer))
 
+    def add(self, record: Record) -> None:
+        """Hold ``record`` (read from the topic) until it expires."""
+        self.records.setdefault(record.key, []).append(record)
+        heapq.heappush(self._expiries, (record.expiry(TTL_SECONDS), record.key))
+
     def sweep(self, now: float) -> int:
         """Forget the keys none of whose records holds any more at ``now`` (a record past its
         expiry never decides anything): the in-memory log stays as large as one day of keys,
-        however long the replica runs. Returns how many keys were forgotten."""
-        gone = [
-            key
-            for key, records in self.records.items()
-            if all(r.expiry(TTL_SECONDS) <= now for r in records)
-        ]
-        for key in gone:
-            del self.records[key]
-        return len(gone)
+        however long the replica runs. Looks only at the records that expired since the last
+        sweep (a heap by expiry), never at every key. Returns how many keys were forgotten."""
+        gone = 0
+        while self._expiries and self._expiries[0][0] <= now:
+            _, key = heapq.heappop(self._expiries)
+            records = self.records.get(key)
+            if records is not None and all(r.expiry(TTL_SECONDS) <= now for r in records):
+                del self.records[key]
+                gone += 1
+        return gone
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         swept = self.clock.now()
@@ -207,7 +216,7 @@ class IdempotencyLog:
                 for r in records:
                     rec = Record.decode(r.value)
                     if rec is not None:
-                        self.records.setdefault(rec.key, []).append(rec)
+                        self.add(rec)
                 self._positions[tp.partition] = records[-1].offset + 1
             if batch:
                 async with self._moved:

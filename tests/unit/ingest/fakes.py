@@ -164,7 +164,7 @@ class LoopbackProducer:
         assert self.log is not None
         record = Record.decode(value)
         assert record is not None
-        self.log.records.setdefault(record.key, []).append(record)
+        self.log.add(record)
         offset = self.log._positions.get(0, 0)
         self.log._positions[0] = offset + 1
         return SimpleNamespace(partition=0, offset=offset)

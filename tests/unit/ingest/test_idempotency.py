@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.ingest.idempotency import Decision, Record, body_digest, decide
 
 NOW = 1_800_000_000.0
@@ -118,3 +120,32 @@ def test_the_in_memory_log_forgets_keys_past_their_expiry() -> None:
         assert (await log.claim("acc", "k1", "h", "c4")).kind == "proceed"
 
     asyncio.run(run())
+
+
+def test_a_sweep_looks_only_at_what_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day of keys at line rate is millions: a sweep every minute must not walk them all."""
+    from kairos.clock import FakeClock
+    from services.ingest.idempotency import TTL_SECONDS
+    from tests.unit.ingest.fakes import idempotency_log
+
+    clock = FakeClock(NOW)
+    log = idempotency_log(clock)
+    log.add(Record("old", "claimed", "c0", "h", NOW - 2 * TTL_SECONDS, expires_at=NOW - 1))
+    for i in range(1_000):
+        log.add(Record(f"k{i}", "claimed", f"c{i}", "h", NOW, expires_at=NOW + 600))
+    # a key with an early record and a later one lives until the later one expires
+    log.add(Record("both", "claimed", "cb", "h", NOW, expires_at=NOW - 1))
+    log.add(Record("both", "completed", "cb", "h", NOW, expires_at=NOW + 60))
+    looked = 0
+    expiry = Record.expiry
+
+    def counting(self: Record, default: float) -> float:
+        nonlocal looked
+        looked += 1
+        return expiry(self, default)
+
+    monkeypatch.setattr(Record, "expiry", counting)
+    assert log.sweep(NOW) == 1 and "old" not in log.records and "both" in log.records
+    assert looked <= 5  # the two expired entries' keys, not the 1,000 live ones
+    assert log.sweep(NOW + 60) == 1 and "both" not in log.records
+    assert log.sweep(NOW + 600) == 1_000 and log.records == {}

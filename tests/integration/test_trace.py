@@ -8,37 +8,43 @@ import sys
 import time
 
 import httpx
+import orjson
 import pytest
 
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, Watcher
 
 pytestmark = pytest.mark.kafka
 
 
-def test_trace_prints_a_delivered_message_s_whole_path(pipeline: Stack) -> None:
-    due = int(time.time()) + 2
-    r = httpx.post(
-        f"{pipeline.http}/email",
-        headers={"Authorization": f"Bearer {pipeline.api_key}"},
-        json={
-            "from": "a@example.com",
-            "to": "u@example.org",
-            "subject": "t",
-            "text": "x",
-            "scheduledAt": due,
-        },
-        timeout=30,
-    )
-    assert r.status_code == 202, r.text
-    message_id = r.json()["id"]
+async def test_trace_prints_a_delivered_message_s_whole_path(pipeline: Stack) -> None:
+    outcomes = pipeline.settings.topic("outcomes")
+    async with Watcher(pipeline.settings.kafka_bootstrap or "", outcomes) as w:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(
+                f"{pipeline.http}/email",
+                headers={"Authorization": f"Bearer {pipeline.api_key}"},
+                json={
+                    "from": "a@example.com",
+                    "to": "u@example.org",
+                    "subject": "t",
+                    "text": "x",
+                    "scheduledAt": int(time.time()) + 2,
+                },
+            )
+        assert r.status_code == 202, r.text
+        message_id = r.json()["id"]
+        # the outcome is the last event of the path: trace once it is on the topic
+        await w.wait_for(
+            lambda rs: any(
+                o["message_id"] == message_id and o["type"] == "delivered"
+                for o in (orjson.loads(v) for _, v in rs)
+            ),
+            timeout=90,
+            what=f"{message_id} delivered",
+        )
     command = [sys.executable, "-m", "kairos.cli", "trace", message_id, "--json"]
-    deadline = time.monotonic() + 90
-    while True:
-        out = subprocess.run(command, env=pipeline.env, capture_output=True, text=True)
-        steps = [json.loads(line) for line in out.stdout.splitlines()]
-        if any(s["type"] == "delivered" for s in steps) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    out = subprocess.run(command, env=pipeline.env, capture_output=True, text=True)
+    steps = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(s["service"], s["type"]) for s in steps] == [
         ("ingest", "scheduled"),
         ("timer", "due"),

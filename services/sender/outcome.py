@@ -28,16 +28,9 @@ class SendResult:
     hard_bounces: list[str] = field(default_factory=list)
 
 
-def result_of(
-    d: Dispatch,
-    reply: RelayReply,
-    now: float,
-    policy: RetryPolicy,
-    traceparent: str | None = None,
-) -> SendResult:
-    """Decide the outcome of relaying ``d`` with ``reply`` at ``now``; the events carry
-    ``traceparent`` (the delivery's span; default: the dispatch's)."""
-    common: dict[str, Any] = {
+def _common(d: Dispatch, now: float, traceparent: str | None = None) -> dict[str, Any]:
+    """The fields every outcome of ``d`` at ``now`` shares."""
+    return {
         "traceparent": traceparent or d.traceparent,
         "occurred_at": to_datetime(now),
         "account_id": d.account_id,
@@ -47,6 +40,18 @@ def result_of(
         "batch_id": d.batch_id,
         "recipients": d.content.rcpt_to,
     }
+
+
+def result_of(
+    d: Dispatch,
+    reply: RelayReply,
+    now: float,
+    policy: RetryPolicy,
+    traceparent: str | None = None,
+) -> SendResult:
+    """Decide the outcome of relaying ``d`` with ``reply`` at ``now``; the events carry
+    ``traceparent`` (the delivery's span; default: the dispatch's)."""
+    common = _common(d, now, traceparent)
     bounces = [r.address for r in reply.refused if is_hard_bounce(r.code, r.enhanced)]
     kind = verdict(reply.code)
     if kind == "delivered":
@@ -115,14 +120,7 @@ def text_missing(d: Dispatch, now: float) -> SendResult:
     to record, not a message to send empty."""
     return SendResult(
         Failed(
-            traceparent=d.traceparent,
-            occurred_at=to_datetime(now),
-            account_id=d.account_id,
-            message_id=d.message_id,
-            attempt=d.attempt,
-            due_at=d.due_at,
-            batch_id=d.batch_id,
-            recipients=d.content.rcpt_to,
+            **_common(d, now),
             stage="delivery",
             reason="content_missing",
             text="the message text is not in the schedule stream (past its retention, or the "

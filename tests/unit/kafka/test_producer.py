@@ -139,7 +139,9 @@ async def test_a_start_that_hangs_is_abandoned_for_a_fresh_client() -> None:
     await p.stop()
 
 
-async def test_a_start_that_fails_oddly_is_retried_and_a_dead_rebuild_is_restarted() -> None:
+async def test_a_start_that_fails_oddly_is_retried_and_a_dead_rebuild_is_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     world = World()
     p = producer(world)
     await p.start()
@@ -156,39 +158,32 @@ async def test_a_start_that_fails_oddly_is_retried_and_a_dead_rebuild_is_restart
             raise odd.pop(0)
         world.started += 1
 
-    FakeClient.start = failing_start  # type: ignore[method-assign]
-    try:
-        for _ in range(300):
-            if p.healthy:
-                break
-            await asyncio.sleep(0.01)
-        assert p.healthy and not odd  # both odd failures were retried past
-        # a rebuild that ended without a client (here: cancelled from outside) is not the
-        # end of the producer: another starts by itself, with no use needed (ingest's
-        # command producer is used rarely, and its health gates ingest's)
-        world.down = True
-        with pytest.raises(PublishFailed):
-            await p.publish([Record("t", b"2")], 1)
-        assert p._rebuild is not None
-        p._rebuild.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await p._rebuild
-        assert p._client is None and p._rebuild.done()
-        world.down = False
-        for _ in range(300):
-            if p.healthy:
-                break
-            await asyncio.sleep(0.01)
-        assert p.healthy
-        await p.publish([Record("t", b"4")], 1)
-        assert world.written[-1] == b"4"
-    finally:
-        del FakeClient.start
-        FakeClient.start = _real_start  # type: ignore[method-assign]
+    monkeypatch.setattr(FakeClient, "start", failing_start)
+    for _ in range(300):
+        if p.healthy:
+            break
+        await asyncio.sleep(0.01)
+    assert p.healthy and not odd  # both odd failures were retried past
+    # a rebuild that ended without a client (here: cancelled from outside) is not the
+    # end of the producer: another starts by itself, with no use needed (ingest's
+    # command producer is used rarely, and its health gates ingest's)
+    world.down = True
+    with pytest.raises(PublishFailed):
+        await p.publish([Record("t", b"2")], 1)
+    assert p._rebuild is not None
+    p._rebuild.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await p._rebuild
+    assert p._client is None and p._rebuild.done()
+    world.down = False
+    for _ in range(300):
+        if p.healthy:
+            break
+        await asyncio.sleep(0.01)
+    assert p.healthy
+    await p.publish([Record("t", b"4")], 1)
+    assert world.written[-1] == b"4"
     await p.stop()
-
-
-_real_start = FakeClient.start
 
 
 async def test_publish_until_done_gives_up_only_when_stopped() -> None:

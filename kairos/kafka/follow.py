@@ -36,6 +36,8 @@ class LogFollower:
         self._names = dict(topics)
         self._options = consumer_options
         self._consumer: AIOKafkaConsumer | None = None
+        #: reads the high watermarks (uncommitted ends) for :meth:`end_offsets`, made on use
+        self._high: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._tps: list[TopicPartition] = []
         self._caught_up = asyncio.Event()
@@ -124,11 +126,18 @@ class LogFollower:
         return all(self.positions.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
 
     async def end_offsets(self, limit: float) -> dict[TopicPartition, int] | None:
-        """The topics' end offsets now (None when the broker does not answer in time)."""
+        """The topics' end offsets, once every transaction under way now has ended
+        (:func:`settled_end_offsets`; None when the broker does not answer in time)."""
         if self._consumer is None:
             return None
         try:
-            return await asyncio.wait_for(self._consumer.end_offsets(self._tps), limit)
+            if self._high is None and _committed_only(self._options):
+                high = make_consumer(self.bootstrap, None, isolation_level="read_uncommitted")
+                await asyncio.wait_for(start_groupless(high), limit)
+                self._high = high
+            return await asyncio.wait_for(
+                settled_end_offsets(self._consumer, self._high, self._tps, limit), limit
+            )
         except Exception:
             return None
 
@@ -137,8 +146,9 @@ class LogFollower:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        for consumer in (self._consumer, self._high):
+            if consumer is not None:
+                await consumer.stop()
 
 
 async def read_to_end(
@@ -149,8 +159,9 @@ async def read_to_end(
     **consumer_options: Any,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from its beginning up to its end offsets at the time of the
-    call (committed records only, unless ``isolation_level`` says otherwise): all that was
-    acknowledged before the call, with nothing to wait out. In order within each partition.
+    call (committed records only, unless ``isolation_level`` says otherwise), once every
+    transaction under way at the call has ended: all that was acknowledged before the call.
+    In order within each partition.
     ``keep``: only the records it is true of (the rest are read and dropped). Raises
     ``LookupError`` for a topic that does not exist, ``TimeoutError`` when ``within`` seconds
     pass first."""
@@ -162,7 +173,15 @@ async def read_to_end(
         if not tps:
             raise LookupError(f"no topic {topic}")
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        high = None
+        if _committed_only(consumer_options):
+            high = make_consumer(bootstrap, None, isolation_level="read_uncommitted")
+            await start_groupless(high)
+        try:
+            ends = await settled_end_offsets(consumer, high, tps, within / 2)
+        finally:
+            if high is not None:
+                await high.stop()
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
         deadline = time.monotonic() + within
@@ -178,3 +197,37 @@ async def read_to_end(
     finally:
         await consumer.stop()
     return out
+
+
+def _committed_only(consumer_options: Mapping[str, Any]) -> bool:
+    level: str = consumer_options.get("isolation_level", "read_committed")
+    return level == "read_committed"
+
+
+async def settled_end_offsets(
+    committed: AIOKafkaConsumer,
+    high: AIOKafkaConsumer | None,
+    tps: Sequence[TopicPartition],
+    within: float,
+) -> dict[TopicPartition, int]:
+    """``committed``'s end offsets of ``tps`` once every transaction under way at the call
+    has ended (committed or aborted), waiting at most ``within`` seconds (then the ends as
+    they are).
+
+    A producer's commit returns once the coordinator has decided; the markers that end the
+    transaction in each partition are written after that, and a ``read_committed`` reader's
+    end offset (the last stable offset) stays short of the transaction's records until its
+    marker is in. So a reader asking "what was acknowledged before now" just after a commit
+    was acknowledged may not see it yet. The high watermark (``high``, a
+    ``read_uncommitted`` consumer; None when ``committed`` reads uncommitted records anyway)
+    at the call covers every record written before it; once the stable offset has reached
+    it, every transaction that was open has ended."""
+    ends: dict[TopicPartition, int] = await committed.end_offsets(tps)
+    if high is None:
+        return ends
+    marks: dict[TopicPartition, int] = await high.end_offsets(tps)
+    deadline = time.monotonic() + within
+    while any(ends[tp] < marks[tp] for tp in tps) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        ends = await committed.end_offsets(tps)
+    return ends

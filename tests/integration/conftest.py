@@ -267,17 +267,20 @@ async def read_values_to_end(bootstrap: str, topic: str, timeout: float = 60.0) 
 
 
 async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    """The end offset of each partition of ``topic`` now."""
+    """The end offset of each partition of ``topic`` now, once every transaction under way
+    has ended (:func:`kairos.kafka.follow.settled_end_offsets`)."""
     consumer = make_consumer(bootstrap, None)
+    high = make_consumer(bootstrap, None, isolation_level="read_uncommitted")
     await start_groupless(consumer)
+    await start_groupless(high)
     try:
         tps = await partitions_of_topics(consumer, [topic])
         if not tps:
             raise AssertionError(f"no topic {topic}")
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-        return ends
+        return await follow.settled_end_offsets(consumer, high, tps, 30)
     finally:
         await consumer.stop()
+        await high.stop()
 
 
 async def wait_committed(bootstrap: str, group: str, topic: str, timeout: float = 60.0) -> None:

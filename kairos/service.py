@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 from aiohttp import web
@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kairos.logging import get_logger
 
 log = get_logger("kairos.service")
+
+T = TypeVar("T")
 
 
 class HealthServer:
@@ -100,6 +102,27 @@ async def commit(
             if stop.is_set():
                 return False
             log.warning("commit failed, retrying", error=repr(exc)[:200])
+            await _pause(stop, delay)
+            delay = min(delay * 2, backoff[1])
+
+
+async def until_done(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    stop: asyncio.Event,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    backoff: tuple[float, float] = (0.5, 5.0),
+) -> T:
+    """``call()``'s result, retried with backoff (logging "``what`` failed, retrying") through
+    broker trouble of any length; its error is raised only once ``stop`` is set."""
+    delay = backoff[0]
+    while True:
+        try:
+            return await call()
+        except retry_on as exc:
+            if stop.is_set():
+                raise
+            log.warning(f"{what} failed, retrying", error=str(exc)[:200] or repr(exc))
             await _pause(stop, delay)
             delay = min(delay * 2, backoff[1])
 

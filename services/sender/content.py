@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.structs import TopicPartition
 
 from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
@@ -82,9 +83,15 @@ class ContentReader:
             bootstrap, None, auto_offset_reset="none", max_partition_fetch_bytes=FETCH_BYTES
         )
         self._tps: dict[int, TopicPartition] = {}
+        #: each partition's (first offset, end offset) as last asked: the end only grows and
+        #: the first moves only when retention deletes, so they are asked again only for an
+        #: offset at or past the end, or after a read ran out of range
+        self._bounds: dict[TopicPartition, tuple[int, int]] = {}
         self._waiting: list[tuple[dict[Ref, Owner], asyncio.Future[Found]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.reads = 0
+        #: how many times the partitions' bounds were asked of the broker
+        self.bounds_asked = 0
 
     async def start(self) -> None:
         await start_groupless(self._consumer)
@@ -147,6 +154,14 @@ class ContentReader:
     async def _read(self, wanted: dict[Ref, Owner]) -> Found:
         """One read of every wanted reference: each partition's runs in turn, the partitions
         side by side. A reference outside its partition's bounds is missing."""
+        try:
+            return await self._read_within(wanted)
+        except OffsetOutOfRangeError:
+            # retention moved a partition's first offset since its bounds were asked
+            self._bounds.clear()
+            return await self._read_within(wanted)
+
+    async def _read_within(self, wanted: dict[Ref, Owner]) -> Found:
         by_partition: dict[int, list[int]] = defaultdict(list)
         for p, o in wanted:
             by_partition[p].append(o)
@@ -154,11 +169,20 @@ class ContentReader:
             await self._assign()  # the stream gained partitions
         consumer = self._consumer
         tps = [self._tps[p] for p in by_partition if p in self._tps]
-        firsts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
+        stale = [
+            tp
+            for tp in tps
+            if tp not in self._bounds or max(by_partition[tp.partition]) >= self._bounds[tp][1]
+        ]
+        if stale:
+            self.bounds_asked += 1
+            firsts = await consumer.beginning_offsets(stale)
+            ends = await consumer.end_offsets(stale)
+            self._bounds.update({tp: (firsts[tp], ends[tp]) for tp in stale})
         todo: dict[TopicPartition, list[tuple[int, int]]] = {}
         for tp in tps:
-            inside = [o for o in by_partition[tp.partition] if firsts[tp] <= o < ends[tp]]
+            first, end = self._bounds[tp]
+            inside = [o for o in by_partition[tp.partition] if first <= o < end]
             if inside:
                 todo[tp] = runs(inside)
                 consumer.seek(tp, todo[tp][0][0])

@@ -23,14 +23,14 @@ from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, PublishFailed, Record
 from kairos.logging import get_logger
 from kairos.metrics import LATENESS, count, track_lag
-from kairos.service import HealthServer, consume
+from kairos.service import HealthServer, consume, until_done
 from kairos.settings import KairosSettings
 from kairos.unsubscribe import make_token, unsubscribe_key
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
 from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
-from services.sender.content import ContentReader, ContentUnavailable, Found, Owner, Ref
+from services.sender.content import ContentReader, ContentUnavailable, Found
 from services.sender.handled import HandledAttempts
 from services.sender.message import DkimKeys, prepare, unsubscribe_fields
 from services.sender.outcome import SendResult, result_of, text_missing
@@ -248,25 +248,19 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
 
     reloading = asyncio.Lock()
 
-    async def reread(since: float) -> set[tuple[str, int]]:
-        """:func:`handled_attempts`, retried through a broker outage: nothing is relayed
-        before the re-read is complete."""
-        delay = 0.5
-        while True:
-            try:
-                return await handled_attempts(bootstrap, outcomes_topic, since)
-            except Exception as exc:
-                log.warning("re-reading outcomes failed, retrying", error=repr(exc)[:200])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def handle(records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         # partitions are handled side by side: each waits until the re-read is done
         async with reloading:
             if reload.is_set():
                 reload.clear()
                 since = clock.now() - settings.dedupe_lookback
-                handled.update(await reread(since), clock.now())
+                # nothing is relayed before the re-read is complete
+                again = await until_done(
+                    "re-reading outcomes",
+                    lambda: handled_attempts(bootstrap, outcomes_topic, since),
+                    stop,
+                )
+                handled.update(again, clock.now())
         ds = [decoded(r) for r in records]
         # the texts of the attempts still to relay (a redelivered one needs none)
         refs = {
@@ -276,21 +270,14 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             and d.content_ref is not None
             and (d.message_id, d.attempt) not in handled
         }
-        found = await read_texts(refs) if refs else {}
+        found: Found = (
+            await until_done(
+                "reading message texts", lambda: texts.fetch(refs), stop, ContentUnavailable
+            )
+            if refs
+            else {}
+        )
         await asyncio.gather(*(deliver(r, d, found) for r, d in zip(records, ds, strict=True)))
-
-    async def read_texts(refs: dict[Ref, Owner]) -> Found:
-        """The texts of a batch's dispatches, retried through a broker outage."""
-        delay = 0.5
-        while True:
-            try:
-                return await texts.fetch(refs)
-            except ContentUnavailable as exc:
-                if stop.is_set():
-                    raise
-                log.warning("reading message texts failed, retrying", error=str(exc)[:200])
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     lag = asyncio.create_task(track_lag("sender", consumer))
     try:

@@ -76,13 +76,14 @@ async def test_texts_are_read_by_reference(bootstrap: str, prefix: str) -> None:
                 (0, min(o for p, o in refs if p == 0)),
                 (1, max(o for p, o in refs if p == 1)),
             )
-            reads = reader.reads
+            reads, asked = reader.reads, reader.bounds_asked
             a, b = await asyncio.gather(
                 reader.fetch(owners([(p0, o0)])), reader.fetch(owners([(p1, o1)]))
             )
             assert a[(p0, o0)] is not None and b[(p1, o1)] is not None
             assert set(a) == {(p0, o0)} and set(b) == {(p1, o1)}
             assert reader.reads - reads <= 2  # one read; a second fetch only if split
+            assert reader.bounds_asked == asked  # offsets inside the bounds known
             # a reference to a record that is not a scheduled event, to another message's or
             # another attempt's, or past the end: no text
             tick, end = (0, o0 + 1), (0, 10_000)
@@ -97,7 +98,9 @@ async def test_texts_are_read_by_reference(bootstrap: str, prefix: str) -> None:
                 {TopicPartition(topic, 2): RecordsToDelete(first2 + 1)}, timeout_ms=10_000
             )
             rest = [r for r in refs if r[0] == 2]
+            asked = reader.bounds_asked
             got = await reader.fetch(owners(rest))
+            assert reader.bounds_asked == asked + 1  # out of range: asked again
             assert got[(2, first2)] is None
             assert all(got[r] is not None for r in rest if r != (2, first2))
         finally:

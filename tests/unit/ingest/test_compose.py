@@ -190,3 +190,99 @@ def test_multipart_boundaries_are_unique_and_absent_from_the_bodies() -> None:
     assert boundaries[0] != boundaries[1]
     for content, boundary in zip(contents, boundaries, strict=True):
         assert content.mime.count(f"--{boundary}") == 3  # two parts, one close
+
+
+def both_paths(body: dict[str, Any]) -> tuple[bytes | None, bytes]:
+    """(the plain path's bytes or None, the standard library's) for one request."""
+    from services.ingest.compose import (
+        Checked,
+        _address,
+        _addresses,
+        _extra_headers,
+        _message,
+        _plain,
+    )
+
+    req = EmailRequest.model_validate(body)
+    checked = Checked(
+        "m-1",
+        _address(req.from_, "from"),
+        _addresses(req.to if isinstance(req.to, list) else [req.to], "to"),
+        _addresses(req.cc if isinstance(req.cc, list) else None, "cc"),
+        _addresses(req.reply_to if isinstance(req.reply_to, list) else None, "reply_to"),
+        _extra_headers(req),
+        "example.com",
+    )
+    return _plain(req, checked), _message(req, checked).as_bytes()
+
+
+#: pieces a header or body is made of: plain, and every kind the plain path must leave alone
+_WORDS = st.sampled_from(
+    ["a", "Hello", "x" * 70, "=?utf-8?q?x?=", "é", "日本", "a.b", '"q"', "(c)", "", " ", "  ",
+     "\t", ";", ",", "<", "@", "\\"]
+)  # fmt: skip
+_TEXT = st.lists(_WORDS, max_size=6).map(" ".join)
+_MAILBOX = st.tuples(_TEXT, st.sampled_from(["u@example.org", "first.last@sub.example.org"])).map(
+    lambda p: f"{p[0]} <{p[1]}>" if p[0].strip() else p[1]
+)
+_BODY = st.lists(
+    st.sampled_from(["line", "x" * 100, "é" * 50, "", "\r", "\n", "\r\n", "=", ".", " "]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    sender=_MAILBOX,
+    to=st.lists(_MAILBOX, min_size=1, max_size=3),
+    cc=st.lists(_MAILBOX, max_size=2),
+    subject=_TEXT,
+    extra=st.dictionaries(st.sampled_from(["X-Tag", "X-Campaign", "In-Reply-To"]), _TEXT),
+    body=_BODY,
+    kind=st.sampled_from(["text", "html"]),
+)
+def test_the_plain_path_writes_what_the_standard_library_writes(
+    sender: str, to: list[str], cc: list[str], subject: str, extra: dict[str, str], body: str,
+    kind: str,
+) -> None:  # fmt: skip
+    """The plain path is only a shortcut: wherever it answers, its bytes are the standard
+    library's, to the byte."""
+    request = {"from": sender, "to": to, "subject": subject, kind: body, "headers": extra}
+    if cc:
+        request["cc"] = cc
+    try:
+        plain, full = both_paths(request)
+    except SubmitError:
+        return  # refused on both paths alike (the checks come before either)
+    if plain is not None:
+        assert plain == full
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"text": "x" * 400},  # the bench's: one long line (quoted-printable)
+        {"text": "Hi,\nsee you.\n", "cc": ["Ann <ann@example.org>"], "headers": {"X-Tag": "a"}},
+        {"html": "<p>" + "é" * 300 + "</p>"},  # base64
+        {"text": "héllo"},  # 8bit
+    ],
+)
+def test_a_common_message_takes_the_plain_path(body: dict[str, Any]) -> None:
+    plain, full = both_paths({"from": "Hello <hi@example.com>", "to": "u@example.org",
+                              "subject": "Your order", **body})  # fmt: skip
+    assert plain is not None and plain == full
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"subject": "Grüße"},  # an encoded word
+        {"subject": "x" * 80},  # folded
+        {"from": "Dr. Who <hi@example.com>"},  # a quoted display name
+        {"text": "t", "html": "<p>t</p>"},  # multipart
+        {"attachments": [{"filename": "a.txt", "content": "YQ=="}]},
+    ],
+)
+def test_anything_else_is_left_to_the_standard_library(body: dict[str, Any]) -> None:
+    plain, _ = both_paths({"from": "hi@example.com", "to": "u@example.org", "text": "t"} | body)
+    assert plain is None

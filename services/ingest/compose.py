@@ -155,6 +155,10 @@ def _address(value: str, field: str) -> Address:
     if "@" not in addr or addr.startswith("@") or addr.endswith("@") or " " in addr:
         raise bad
     try:
+        if _PLAIN_ADDR.fullmatch(addr):
+            # a dot-atom address is its own parse: the same Address without the parser
+            local, _, domain = addr.rpartition("@")
+            return Address(display_name=name, username=local, domain=domain)
         return Address(display_name=name, addr_spec=addr)
     except (ValueError, MessageError) as exc:
         raise bad from exc

@@ -286,3 +286,29 @@ def test_a_common_message_takes_the_plain_path(body: dict[str, Any]) -> None:
 def test_anything_else_is_left_to_the_standard_library(body: dict[str, Any]) -> None:
     plain, _ = both_paths({"from": "hi@example.com", "to": "u@example.org", "text": "t"} | body)
     assert plain is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "B9", "x.y", "!#$%&'*+/=?^_`{|}~-", ".", "@", "é", '"']),
+             min_size=1, max_size=6).map("".join),
+    st.sampled_from(["example.org", "a.b.c", "[1.2.3.4]", "ex ample.org", "x..y"]),
+)  # fmt: skip
+def test_an_address_read_without_the_parser_is_the_parsed_one(local: str, domain: str) -> None:
+    from email.errors import MessageError
+    from email.headerregistry import Address
+    from email.utils import getaddresses
+
+    from services.ingest.compose import _address
+
+    value = f"N <{local}@{domain}>"
+    try:  # the parser's reading of what the request's field parsed to
+        parsed = Address(display_name="N", addr_spec=getaddresses([value])[0][1])
+    except (ValueError, IndexError, MessageError):  # IndexError: an empty one
+        parsed = None
+    try:
+        ours = _address(value, "to")
+    except SubmitError:
+        ours = None
+    if ours is not None:
+        assert ours == parsed

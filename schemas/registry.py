@@ -237,6 +237,14 @@ TIMER_PENDING_CHANGELOG = _BY_NAME["timer-pending-changelog"]
 TIMER_INDEX_CHANGELOG = _BY_NAME["timer-index-changelog"]
 
 
+def copartitioned(topic_partitions: int | None, *specs: TopicSpec) -> bool:
+    """Whether topics ``specs`` have as many partitions each (all of them ``topic_partitions``
+    when it is set, else their specs'): then a record keyed by message id goes to the same
+    partition number in each, and a service can give that number instead of hashing the key
+    again for every record."""
+    return topic_partitions is not None or len({s.partitions for s in specs}) == 1
+
+
 def topic_spec(name: str) -> TopicSpec:
     """The spec of logical topic ``name``; KeyError names the known topics."""
     try:

@@ -29,7 +29,14 @@ from kairos.unsubscribe import make_token, unsubscribe_key
 from schemas.codec import DecodeError, decode_as, encode
 from schemas.events import Delivered, Dispatch
 from schemas.reference import SuppressionState, suppression_key
-from schemas.registry import DEAD_LETTER, DISPATCH, OUTCOMES, SCHEDULE, SUPPRESSIONS
+from schemas.registry import (
+    DEAD_LETTER,
+    DISPATCH,
+    OUTCOMES,
+    SCHEDULE,
+    SUPPRESSIONS,
+    copartitioned,
+)
 from services.sender.content import ContentReader, ContentUnavailable, Found
 from services.sender.handled import HandledAttempts
 from services.sender.message import DkimKeys, prepare, unsubscribe_fields
@@ -101,6 +108,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     dispatch_topic = settings.topic(DISPATCH)
     outcomes_topic = settings.topic(OUTCOMES)
     schedule_topic = settings.topic(SCHEDULE)
+    same_partitions = copartitioned(settings.topic_partitions, DISPATCH, OUTCOMES, SCHEDULE)
     suppressions_topic = settings.topic(SUPPRESSIONS)
     policy = RetryPolicy(
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
@@ -214,7 +222,9 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
         result: SendResult,
         reply: RelayReply | None,
     ) -> None:
-        out = [Record(outcomes_topic, encode(result.outcome), record.key)]
+        # keyed by message id: the dispatch's partition number where the topics match
+        part = record.partition if same_partitions else None
+        out = [Record(outcomes_topic, encode(result.outcome), record.key, part)]
         for address in result.hard_bounces:
             bounce = SuppressionState(
                 occurred_at=to_datetime(clock.now()),
@@ -231,7 +241,7 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
                 )
             )
         if result.retry is not None:
-            out.append(Record(schedule_topic, encode(result.retry), record.key))
+            out.append(Record(schedule_topic, encode(result.retry), record.key, part))
         # retried through a broker outage: relayed mail always gets its outcome
         await producer.publish_until_done(out)
         handled.add((d.message_id, d.attempt), clock.now())

@@ -90,7 +90,11 @@ class SmtpConnection:
     @classmethod
     async def open(cls, relay: RelayAddress) -> SmtpConnection:
         """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured."""
-        context = relay.tls_context or ssl.create_default_context()
+        # a context only where TLS is used: making one loads the system's CA certificates,
+        # tens of milliseconds, which a pool of plain connections paid per connection
+        context = relay.tls_context
+        if context is None and (relay.tls or relay.starttls):
+            context = ssl.create_default_context()
         try:
             async with asyncio.timeout(relay.timeout):
                 reader, writer = await asyncio.open_connection(
@@ -108,6 +112,7 @@ class SmtpConnection:
                         if "starttls" not in conn.extensions:
                             raise SmtpUnavailable("the relay does not offer STARTTLS")
                         await conn._expect(await conn._command(b"STARTTLS"), 220, "STARTTLS")
+                        assert context is not None  # made above for STARTTLS
                         await writer.start_tls(context, server_hostname=relay.host)
                         await conn._hello(relay.local_hostname)
                     if relay.username and relay.password:

@@ -53,6 +53,7 @@ from schemas.registry import (
     SCHEDULE,
     TIMER_INDEX_CHANGELOG,
     TIMER_PENDING_CHANGELOG,
+    copartitioned,
     topic_spec,
 )
 from services.timer.buffered import Buffered
@@ -151,11 +152,7 @@ class Timer:
         self.dead_letter_name = settings.topic(DEAD_LETTER)
         # due events and outcomes go to the schedule event's partition number when the
         # topics have as many partitions (the default): what key hashing would choose
-        self.copartitioned = settings.topic_partitions is not None or (
-            topic_spec("due").partitions
-            == topic_spec("outcomes").partitions
-            == topic_spec("schedule").partitions
-        )
+        self.copartitioned = copartitioned(settings.topic_partitions, SCHEDULE, DUE, OUTCOMES)
         #: (topic, key, value, partition) encoded and waiting to be published
         self._out: list[tuple[str, bytes, bytes, int | None]] = []
         self._producer: DurableProducer | None = None

@@ -109,6 +109,19 @@ async def test_a_transaction_is_two_writes_when_the_relay_pipelines(scripted: Sc
     assert scripted.messages == [MESSAGE.replace(b"\r\n.leading", b"\r\n..leading")]
 
 
+async def test_a_plain_connection_makes_no_tls_context(
+    scripted: Scripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making a TLS context loads the CA certificates (tens of ms); a pool of plain
+    connections paid that per connection, a fifth of the sender's CPU in a burst."""
+    made: list[object] = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: made.append(1) or real())
+    conn = await connect(scripted)
+    await conn.quit()
+    assert made == []
+
+
 async def test_without_pipelining_each_command_waits_for_its_reply(scripted: Scripted) -> None:
     scripted.extensions = []
     conn = await connect(scripted)

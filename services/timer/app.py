@@ -247,7 +247,8 @@ class Timer:
             # task filling the batch)
             _current_event.set(weakref.ref(event))
             if partition not in states:
-                pending, index = Buffered(self.pending), Buffered(self.index)
+                pending = Buffered(self.pending, self.pending.data)
+                index = Buffered(self.index, self.index.data)
                 states[partition] = (TimerState(pending, index, partition), pending, index, event)
             state = states[partition][0]
             try:

@@ -9,16 +9,22 @@ handled and everything it fired acknowledged (so forgetting still follows publis
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 
 Store = MutableMapping[bytes, bytes]
 
 
 class Buffered(MutableMapping[bytes, bytes]):
-    """``backing`` seen through a cache of reads and pending writes (``None``: deleted)."""
+    """``backing`` seen through a cache of reads and pending writes (``None``: deleted).
 
-    def __init__(self, backing: Store) -> None:
+    ``reads``: where to read from, when not ``backing`` itself. A faust table's own read asks
+    its store twice (whether the key is there, then its value: a table has default values);
+    the timer reads through the table's store (``table.data``), once. Writes and deletes go
+    through the table, which writes its changelog."""
+
+    def __init__(self, backing: Store, reads: Mapping[bytes, bytes] | None = None) -> None:
         self.backing = backing
+        self._reads: Mapping[bytes, bytes] = backing if reads is None else reads
         self._cache: dict[bytes, bytes | None] = {}
         self._dirty: set[bytes] = set()
 
@@ -26,7 +32,7 @@ class Buffered(MutableMapping[bytes, bytes]):
         if key in self._cache:
             value = self._cache[key]
         else:
-            value = self.backing.get(key)
+            value = self._reads.get(key)
             self._cache[key] = value
         if value is None:
             raise KeyError(key)
@@ -84,7 +90,7 @@ class Buffered(MutableMapping[bytes, bytes]):
                 # a read (not ``in``) first: faust's RocksDB store then knows the key's
                 # partition and deletes it there, where after ``in`` it deletes it from
                 # every partition's database it has open
-                if self.backing.get(key) is not None:
+                if self._reads.get(key) is not None:
                     del self.backing[key]
             else:
                 self.backing[key] = value

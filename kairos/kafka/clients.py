@@ -7,7 +7,8 @@ the work an event caused is acknowledged, which makes every service at-least-onc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -71,6 +72,14 @@ async def partitions_of_topics(
     return [
         TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())
     ]
+
+
+async def copartitioned_on_broker(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> bool:
+    """Whether every one of ``topics`` exists with as many partitions as the others, on the
+    broker: then a record keyed like another goes to the same partition number in each
+    (what key hashing chooses), and a service may give that number instead of hashing."""
+    counts = Counter(tp.topic for tp in await partitions_of_topics(consumer, topics))
+    return len(counts) == len(set(topics)) and len(set(counts.values())) == 1
 
 
 def make_admin(bootstrap: str) -> AIOKafkaAdminClient:

@@ -36,7 +36,7 @@ class LogFollower:
         self._names = dict(topics)
         self._options = consumer_options
         self._consumer: AIOKafkaConsumer | None = None
-        #: reads the high watermarks (uncommitted ends) for :meth:`end_offsets`, made on use
+        #: reads the high watermarks (uncommitted ends) for :meth:`end_offsets`
         self._high: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._tps: list[TopicPartition] = []
@@ -76,6 +76,14 @@ class LogFollower:
                 consumer.seek(tp, nxt)
         ends = await consumer.end_offsets(tps)
         self._consumer, self._tps = consumer, tps
+        if _committed_only(self._options):
+            high = make_consumer(self.bootstrap, None, isolation_level="read_uncommitted")
+            try:
+                await start_groupless(high)
+            except BaseException:
+                await high.stop()
+                raise
+            self._high = high
         self._task = asyncio.create_task(self._follow(consumer, ends))
 
     async def _follow(self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> None:
@@ -131,12 +139,9 @@ class LogFollower:
         if self._consumer is None:
             return None
         try:
-            if self._high is None and _committed_only(self._options):
-                high = make_consumer(self.bootstrap, None, isolation_level="read_uncommitted")
-                await asyncio.wait_for(start_groupless(high), limit)
-                self._high = high
+            # half the limit for the transactions to end, then the ends as they are
             return await asyncio.wait_for(
-                settled_end_offsets(self._consumer, self._high, self._tps, limit), limit
+                settled_end_offsets(self._consumer, self._high, self._tps, limit / 2), limit
             )
         except Exception:
             return None
@@ -148,7 +153,8 @@ class LogFollower:
                 await self._task
         for consumer in (self._consumer, self._high):
             if consumer is not None:
-                await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
 
 
 async def read_to_end(
@@ -160,31 +166,30 @@ async def read_to_end(
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` from its beginning up to its end offsets at the time of the
     call (committed records only, unless ``isolation_level`` says otherwise), once every
-    transaction under way at the call has ended: all that was acknowledged before the call.
-    In order within each partition.
+    transaction under way at the call has ended (waiting at most half of ``within`` for
+    them): all that was acknowledged before the call. In order within each partition.
     ``keep``: only the records it is true of (the rest are read and dropped). Raises
     ``LookupError`` for a topic that does not exist, ``TimeoutError`` when ``within`` seconds
     pass first."""
+    deadline = time.monotonic() + within
     consumer = make_consumer(bootstrap, None, **consumer_options)
-    await start_groupless(consumer)
+    high = (
+        make_consumer(bootstrap, None, isolation_level="read_uncommitted")
+        if _committed_only(consumer_options)
+        else None
+    )
     out: list[ConsumerRecord[bytes, bytes]] = []
     try:
+        await start_groupless(consumer)
         tps = await partitions_of_topics(consumer, [topic])
         if not tps:
             raise LookupError(f"no topic {topic}")
         consumer.assign(tps)
-        high = None
-        if _committed_only(consumer_options):
-            high = make_consumer(bootstrap, None, isolation_level="read_uncommitted")
+        if high is not None:
             await start_groupless(high)
-        try:
-            ends = await settled_end_offsets(consumer, high, tps, within / 2)
-        finally:
-            if high is not None:
-                await high.stop()
+        ends = await settled_end_offsets(consumer, high, tps, within / 2)
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-        deadline = time.monotonic() + within
         while remaining:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: not read to {ends} within {within}s")
@@ -195,7 +200,9 @@ async def read_to_end(
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
-        await consumer.stop()
+        for c in (consumer, high):
+            if c is not None:
+                await c.stop()
     return out
 
 
@@ -230,4 +237,5 @@ async def settled_end_offsets(
     while any(ends[tp] < marks[tp] for tp in tps) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
         ends = await committed.end_offsets(tps)
-    return ends
+    # nothing written after the call
+    return {tp: min(end, marks[tp]) for tp, end in ends.items()}

@@ -282,7 +282,10 @@ def _plain(req: EmailRequest, m: Checked) -> bytes | None:
     fields.append(("Subject", req.subject if _PLAIN_TEXT.fullmatch(req.subject) else None))
     fields.append(("Message-ID", f"<{m.message_id}@{m.domain}>"))
     for name, value in m.extra:
-        if name.lower() in _STRUCTURED or not _PLAIN_TEXT.fullmatch(value):
+        # (set_content drops any Content-* field of the request: the standard library's
+        # message is the reference, whatever it does)
+        lower = name.lower()
+        if lower in _STRUCTURED or lower.startswith("content-") or not _PLAIN_TEXT.fullmatch(value):
             return None
         fields.append((name, value))
     lines: list[str] = []

@@ -85,7 +85,7 @@ class ContentReader:
         self._tps: dict[int, TopicPartition] = {}
         #: each partition's (first offset, end offset) as last asked: the end only grows and
         #: the first moves only when retention deletes, so they are asked again only for an
-        #: offset at or past the end, or after a read ran out of range
+        #: offset outside them, or after a read ran out of range
         self._bounds: dict[TopicPartition, tuple[int, int]] = {}
         self._waiting: list[tuple[dict[Ref, Owner], asyncio.Future[Found]]] = []
         self._runner: asyncio.Task[None] | None = None
@@ -169,10 +169,14 @@ class ContentReader:
             await self._assign()  # the stream gained partitions
         consumer = self._consumer
         tps = [self._tps[p] for p in by_partition if p in self._tps]
+        # asked again for an offset outside the bounds known: past the end (written since),
+        # or before the first (the topic was recreated since)
         stale = [
             tp
             for tp in tps
-            if tp not in self._bounds or max(by_partition[tp.partition]) >= self._bounds[tp][1]
+            if tp not in self._bounds
+            or max(by_partition[tp.partition]) >= self._bounds[tp][1]
+            or min(by_partition[tp.partition]) < self._bounds[tp][0]
         ]
         if stale:
             self.bounds_asked += 1

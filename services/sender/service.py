@@ -18,7 +18,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 
 from kairos import tracing
 from kairos.clock import Clock, to_datetime
-from kairos.kafka.clients import make_consumer, partitions_of_topics, start_groupless
+from kairos.kafka.clients import (
+    copartitioned_on_broker,
+    make_consumer,
+    partitions_of_topics,
+    start_groupless,
+)
 from kairos.kafka.deadletter import dead_letter_record
 from kairos.kafka.producer import DurableProducer, PublishFailed, Record
 from kairos.logging import get_logger
@@ -35,7 +40,6 @@ from schemas.registry import (
     OUTCOMES,
     SCHEDULE,
     SUPPRESSIONS,
-    copartitioned,
 )
 from services.sender.content import ContentReader, ContentUnavailable, Found
 from services.sender.handled import HandledAttempts
@@ -108,7 +112,6 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
     dispatch_topic = settings.topic(DISPATCH)
     outcomes_topic = settings.topic(OUTCOMES)
     schedule_topic = settings.topic(SCHEDULE)
-    same_partitions = copartitioned(settings.topic_partitions, DISPATCH, OUTCOMES, SCHEDULE)
     suppressions_topic = settings.topic(SUPPRESSIONS)
     policy = RetryPolicy(
         settings.retry_base, settings.retry_cap, settings.retry_max_attempts, settings.retry_max_age
@@ -145,6 +148,12 @@ async def run(settings: KairosSettings, bootstrap: str, clock: Clock, stop: asyn
             reload.set()
 
     await consumer.start()
+    # a dispatch's partition number is the one key hashing chooses on the outcomes and
+    # schedule topics (a retry must reach its message's timer partition) only where the
+    # three have as many partitions, on the broker (not only in the settings)
+    same_partitions = await copartitioned_on_broker(
+        consumer, [dispatch_topic, outcomes_topic, schedule_topic]
+    )
     consumer.subscribe([dispatch_topic], listener=Reload())
     started = True
     log.info(

@@ -271,9 +271,9 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
     has ended (:func:`kairos.kafka.follow.settled_end_offsets`)."""
     consumer = make_consumer(bootstrap, None)
     high = make_consumer(bootstrap, None, isolation_level="read_uncommitted")
-    await start_groupless(consumer)
-    await start_groupless(high)
     try:
+        await start_groupless(consumer)
+        await start_groupless(high)
         tps = await partitions_of_topics(consumer, [topic])
         if not tps:
             raise AssertionError(f"no topic {topic}")

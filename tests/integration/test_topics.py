@@ -49,3 +49,28 @@ async def test_apply_reports_drift(bootstrap: str, prefix: str) -> None:
     wider = KairosSettings(kafka_bootstrap=bootstrap, topic_prefix=prefix, topic_partitions=3)
     results = await apply_topics(wider, bootstrap)
     assert all(r.action == "drift" and "partitions 1 != 3" in r.detail for r in results)
+
+
+async def test_copartitioned_is_read_from_the_broker(bootstrap: str, prefix: str) -> None:
+    """The sender gives its outcomes and retries the dispatch's partition number only where
+    the broker's topics have as many partitions (a retry must reach its message's timer)."""
+    from aiokafka.admin import NewTopic
+
+    from kairos.kafka.clients import copartitioned_on_broker, make_consumer, start_groupless
+
+    two, other_two, three = f"{prefix}two", f"{prefix}two-b", f"{prefix}three"
+    admin = make_admin(bootstrap)
+    await admin.start()
+    consumer = make_consumer(bootstrap, None)
+    try:
+        await admin.create_topics(
+            [NewTopic(two, 2, 1), NewTopic(other_two, 2, 1), NewTopic(three, 3, 1)]
+        )
+        await start_groupless(consumer)
+        assert await copartitioned_on_broker(consumer, [two, other_two])
+        assert not await copartitioned_on_broker(consumer, [two, three])
+        assert not await copartitioned_on_broker(consumer, [two, f"{prefix}missing"])
+    finally:
+        await consumer.stop()
+        await admin.delete_topics([two, other_two, three])
+        await admin.close()

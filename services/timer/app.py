@@ -329,9 +329,8 @@ class Timer:
                 command=ev.type,
                 reason=outcome.reason,
             )
-            self._out.append(
-                (self.outcomes_name, ev.message_id.encode(), encode(rejected), state.partition)
-            )
+            part = state.partition if self.copartitioned else None
+            self._out.append((self.outcomes_name, ev.message_id.encode(), encode(rejected), part))
             count("timer", "rejected")
             log.info(
                 "command rejected", command=ev.type, message_id=ev.message_id, reason=outcome.reason

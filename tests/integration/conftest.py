@@ -234,6 +234,13 @@ def pipeline(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         s.stop_all()
 
 
+def scheduled_email(at: int, **fields: Any) -> dict[str, Any]:
+    """A ``POST /email`` body due at ``at`` (unix seconds); ``fields`` replace the defaults
+    (``**{"from": ...}`` for the sender)."""
+    return {"from": "a@example.com", "to": "u@example.org", "subject": "t", "text": "x",
+            "scheduledAt": at, **fields}  # fmt: skip
+
+
 async def read_topic(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list[bytes]:
     """Read ``count`` values from the start of ``topic`` (or fewer, when ``timeout`` passes)."""
     consumer = make_consumer(bootstrap, None, topic)

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.conftest import Stack, Watcher
+from tests.integration.conftest import Stack, Watcher, scheduled_email
 
 pytestmark = pytest.mark.kafka
 
@@ -23,13 +23,7 @@ async def test_trace_prints_a_delivered_message_s_whole_path(pipeline: Stack) ->
             r = await client.post(
                 f"{pipeline.http}/email",
                 headers={"Authorization": f"Bearer {pipeline.api_key}"},
-                json={
-                    "from": "a@example.com",
-                    "to": "u@example.org",
-                    "subject": "t",
-                    "text": "x",
-                    "scheduledAt": int(time.time()) + 2,
-                },
+                json=scheduled_email(int(time.time()) + 2),
             )
         assert r.status_code == 202, r.text
         message_id = r.json()["id"]

@@ -16,7 +16,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from kairos.ports import free_port
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, scheduled_email
 
 pytestmark = pytest.mark.kafka
 
@@ -68,13 +68,7 @@ def test_one_message_is_one_trace_across_the_four_services(stack: Stack) -> None
         r = httpx.post(
             f"{stack.http}/email",
             headers={"Authorization": f"Bearer {key}", "traceparent": f"00-{trace_id}-{parent}-01"},
-            json={
-                "from": "a@example.com",
-                "to": "u@example.org",
-                "subject": "traced",
-                "text": "x",
-                "scheduledAt": int(time.time()) + 2,
-            },
+            json=scheduled_email(int(time.time()) + 2, subject="traced"),
             timeout=30,
         )
         assert r.status_code == 202, r.text

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from kairos.ports import free_port
+from tests.integration.conftest import scheduled_email
 
 pytestmark = pytest.mark.kafka
 
@@ -100,13 +101,13 @@ def test_a_killed_service_is_restarted_and_the_stack_still_delivers(
     r = httpx.post(
         f"http://127.0.0.1:{port}/email",
         headers={"Authorization": f"Bearer {api_key}"},
-        json={
-            "from": "hello@demo.kairos.test",
-            "to": "user@example.org",
-            "subject": "after the restart",
-            "text": "still delivering",
-            "scheduledAt": due,
-        },
+        json=scheduled_email(
+            due,
+            **{"from": "hello@demo.kairos.test"},
+            to="user@example.org",
+            subject="after the restart",
+            text="still delivering",
+        ),
         timeout=30,
     )
     assert r.status_code == 202, r.text

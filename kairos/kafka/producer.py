@@ -15,7 +15,9 @@ Two ways to publish:
   record is acknowledged or ``stop`` is set: for consumers (timer, validator, sender), which
   must not move past a record whose effects are not durable. A retry can write a record twice
   (at least once); every record Kairos writes is keyed and carries ids that make it idempotent
-  downstream.
+  downstream. Records given a partition go out in record batches built here (one future per
+  batch, not per record: the hot path of the timer's changelog and due events), and the call
+  answers the last acknowledged offset of each partition written.
 """
 
 from __future__ import annotations
@@ -50,9 +52,14 @@ class Record:
     """One record to publish."""
 
     topic: str
-    value: bytes
+    #: None: a tombstone (a compacted topic forgets ``key``)
+    value: bytes | None
     key: bytes | None = None
     partition: int | None = None
+
+
+#: (topic, partition) -> the offset of the last record acknowledged there
+Acknowledged = dict[tuple[str, int], int]
 
 
 class DurableProducer:
@@ -286,35 +293,29 @@ class DurableProducer:
 
     async def publish_until_done(
         self, records: Sequence[Record], stop: asyncio.Event | None = None
-    ) -> None:
+    ) -> Acknowledged:
         """Publish ``records``, retrying the ones that fail (on a rebuilt client) until every
         one is acknowledged. Raises :class:`PublishFailed` only when ``stop`` is set first,
-        or for a record the broker refuses for good (too large)."""
+        or for a record the broker refuses for good (too large). Answers the last offset
+        acknowledged in each partition written (of the attempt that wrote it)."""
         pending = list(records)
+        acknowledged: Acknowledged = {}
         delay = self._backoff[0]
         while pending:
-            failed: list[Record] = []
             client, generation = await self._current(None)
-            futures: list[tuple[Record, asyncio.Future[Any]]] = []
-            for r in pending:
-                try:
-                    fut = await client.send(r.topic, r.value, key=r.key, partition=r.partition)
-                except PERMANENT as exc:
-                    raise PublishFailed(f"{self.name}: {exc!r}") from exc
-                except (KafkaError, OSError) as exc:
-                    self._failed(generation, exc)
-                    failed.append(r)
-                    continue
-                self._watch(generation, fut)
-                futures.append((r, fut))
-            results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
-            for (r, _), res in zip(futures, results, strict=True):
+            sent, failed = await self._send_all(client, generation, pending)
+            results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            for (group, _), res in zip(sent, results, strict=True):
                 if isinstance(res, PERMANENT):
                     raise PublishFailed(f"{self.name}: {res!r}")
                 if isinstance(res, BaseException):
-                    failed.append(r)
+                    failed.extend(group)
+                    continue
+                # a batch's future answers its first record's offset
+                tp, last = (res.topic, res.partition), res.offset + len(group) - 1
+                acknowledged[tp] = max(last, acknowledged.get(tp, last))
             if not failed:
-                return
+                return acknowledged
             pending = failed
             count(self.name, "publish_retried")
             log.warning("publish failed, retrying", producer=self.name, records=len(pending))
@@ -322,6 +323,60 @@ class DurableProducer:
                 raise PublishFailed(f"{self.name}: stopped with {len(pending)} unpublished")
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
+        return acknowledged
+
+    async def _send_all(
+        self, client: AIOKafkaProducer, generation: int, records: list[Record]
+    ) -> tuple[list[tuple[list[Record], asyncio.Future[Any]]], list[Record]]:
+        """Hand ``records`` to ``client``: those with a partition in batches per partition,
+        the others one by one. Answers each future with the records it stands for, and the
+        records the client refused at once."""
+        sent: list[tuple[list[Record], asyncio.Future[Any]]] = []
+        failed: list[Record] = []
+        by_partition: dict[tuple[str, int], list[Record]] = {}
+        singles: list[Record] = []
+        for r in records:
+            if r.partition is None:
+                singles.append(r)
+            else:
+                by_partition.setdefault((r.topic, r.partition), []).append(r)
+        for (topic, partition), group in by_partition.items():
+            start = 0
+            while start < len(group):
+                batch = client.create_batch()
+                end = start
+                while end < len(group) and (
+                    batch.append(key=group[end].key, value=group[end].value, timestamp=None)
+                    is not None
+                ):
+                    end += 1
+                if end == start:  # larger than a batch: alone, checked as any record is
+                    singles.append(group[start])
+                    start += 1
+                    continue
+                try:
+                    fut = await client.send_batch(batch, topic, partition=partition)
+                except PERMANENT as exc:
+                    raise PublishFailed(f"{self.name}: {exc!r}") from exc
+                except (KafkaError, OSError) as exc:
+                    self._failed(generation, exc)
+                    failed.extend(group[start:])
+                    break
+                self._watch(generation, fut)
+                sent.append((group[start:end], fut))
+                start = end
+        for r in singles:
+            try:
+                fut = await client.send(r.topic, r.value, key=r.key, partition=r.partition)
+            except PERMANENT as exc:
+                raise PublishFailed(f"{self.name}: {exc!r}") from exc
+            except (KafkaError, OSError) as exc:
+                self._failed(generation, exc)
+                failed.append(r)
+                continue
+            self._watch(generation, fut)
+            sent.append(([r], fut))
+        return sent, failed
 
 
 async def _retire(client: AIOKafkaProducer) -> None:

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from kairos import tracing
 from kairos.clock import Clock, to_datetime
 from kairos.kafka.deadletter import dead_letter_record
-from kairos.kafka.producer import DurableProducer, Record
+from kairos.kafka.producer import Acknowledged, DurableProducer, Record
 from kairos.logging import get_logger, quiet_retries
 from kairos.metrics import LATENESS, TICK, count
 from kairos.settings import KairosSettings
@@ -56,6 +56,7 @@ from schemas.registry import (
     copartitioned,
     topic_spec,
 )
+from services.timer import changelog
 from services.timer.buffered import Buffered
 from services.timer.state import Entry, Fire, TimerState
 
@@ -154,7 +155,7 @@ class Timer:
         # topics have as many partitions (the default): what key hashing would choose
         self.copartitioned = copartitioned(settings.topic_partitions, SCHEDULE, DUE, OUTCOMES)
         #: (topic, key, value, partition) encoded and waiting to be published
-        self._out: list[tuple[str, bytes, bytes, int | None]] = []
+        self._out: list[tuple[str, bytes, bytes | None, int | None]] = []
         self._producer: DurableProducer | None = None
         self.tick_failures = 0
         self.app.agent(self.schedule_topic, name="schedule", concurrency=1)(self._agent)
@@ -269,10 +270,14 @@ class Timer:
                 continue
             await self.handle(state, ev, event.value, (partition, event.message.offset))
         await self._drain()
-        for _state, pending, index, first in states.values():
+        # then the tables: changelog records acknowledged first, stores written after
+        batch = []
+        for partition, (_state, pending, index, first) in states.items():
+            # a delete's check reads the store: of this partition
             _current_event.set(weakref.ref(first))
-            pending.flush()
-            index.flush()
+            batch.append(changelog.TableChanges(self.pending, partition, pending.changes()))
+            batch.append(changelog.TableChanges(self.index, partition, index.changes()))
+        await changelog.write(self._publish, batch)
 
     def _withdrawn(self, ev: Scheduled, raw: bytes, partition: int) -> None:
         """A submission appended after its ``accept_by``: its submitter was told no."""
@@ -366,13 +371,16 @@ class Timer:
         due event: at least once, the same message id and attempt)."""
         if not self._out:
             return
+        records = [Record(topic, value, key, part) for topic, key, value, part in self._out]
+        await self._publish(records)
+        self._out.clear()
+
+    async def _publish(self, records: list[Record]) -> Acknowledged:
         if self._producer is None:
             producer = DurableProducer(self.bootstrap, "timer", linger_ms=5)
             await producer.start()
             self._producer = producer
-        records = [Record(topic, value, key, part) for topic, key, value, part in self._out]
-        await self._producer.publish_until_done(records)
-        self._out.clear()
+        return await self._producer.publish_until_done(records)
 
     async def _stop_producer(self, app: Any, **kwargs: Any) -> None:
         # the consumer is stopped by now: nothing more is queued

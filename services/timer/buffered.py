@@ -3,8 +3,9 @@
 The timer folds a batch of schedule-stream events into its state, then writes each changed key
 once: a second's index chunk that 500 new messages append to is written once, not 500 times,
 and so is its changelog record. Reads see the batch's own writes. Nothing reaches the table
-until :meth:`Buffered.flush`, which the agent calls after every event of the batch has been
-handled and everything it fired acknowledged (so forgetting still follows publishing).
+until the batch's :meth:`Buffered.changes` are written (:mod:`services.timer.changelog`), after
+every event of the batch has been handled and everything it fired acknowledged (so forgetting
+still follows publishing).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ class Buffered(MutableMapping[bytes, bytes]):
 
     ``reads``: where to read from, when not ``backing`` itself. A faust table's own read asks
     its store twice (whether the key is there, then its value: a table has default values);
-    the timer reads through the table's store (``table.data``), once. Writes and deletes go
-    through the table, which writes its changelog."""
+    the timer reads through the table's store (``table.data``), once."""
 
     def __init__(self, backing: Store, reads: Mapping[bytes, bytes] | None = None) -> None:
         self.backing = backing
@@ -82,16 +82,24 @@ class Buffered(MutableMapping[bytes, bytes]):
     def pending_writes(self) -> int:
         return len(self._dirty)
 
-    def flush(self) -> None:
-        """Write every changed key to the backing table once (a delete as a delete)."""
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """Every changed key once, with its new value (``None``: deleted). A delete is
+        listed only for a key the store holds (one written and deleted within the batch
+        never reached it). Then the batch starts anew: what was read stays cached."""
+        out: list[tuple[bytes, bytes | None]] = []
         for key in self._dirty:
             value = self._cache[key]
+            # a read (not ``in``): faust's RocksDB store then looks in the key's partition
+            # only, where after ``in`` it looks in every partition's database it has open
+            if value is not None or self._reads.get(key) is not None:
+                out.append((key, value))
+        self._dirty.clear()
+        return out
+
+    def flush(self) -> None:
+        """Write every changed key to the backing store once (a delete as a delete)."""
+        for key, value in self.changes():
             if value is None:
-                # a read (not ``in``) first: faust's RocksDB store then knows the key's
-                # partition and deletes it there, where after ``in`` it deletes it from
-                # every partition's database it has open
-                if self._reads.get(key) is not None:
-                    del self.backing[key]
+                del self.backing[key]
             else:
                 self.backing[key] = value
-        self._dirty.clear()

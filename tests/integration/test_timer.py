@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import shutil
 import signal
 import time
 import uuid
@@ -374,6 +375,56 @@ async def test_kill_9_mid_dispatch_loses_nothing(stack: Stack, instance_id: str 
     assert all(c <= 2 for c in counts.values()), "a due event repeated more than once"
     assert repeated <= before_kill, sorted(repeated - before_kill)[:10]
     assert repeats <= len(before_kill)
+
+
+async def test_a_worker_on_a_new_disk_recovers_every_schedule_from_the_changelogs(
+    stack: Stack,
+) -> None:
+    """The timer writes its tables' changelogs itself (services/timer/changelog.py), and they
+    must be what faust's recovery reads: a worker whose state directory is gone, restarted
+    after its offsets are committed (so it reads no schedule event again), rebuilds every
+    pending schedule, cancellation, reschedule and pause from the changelogs alone."""
+    stack.env["KAIROS_TIMER_STANDBY_REPLICAS"] = "0"
+    stack.start("timer")
+    bootstrap = stack.settings.kafka_bootstrap or ""
+    async with (
+        Watcher(bootstrap, stack.settings.topic("due")) as w,
+        Schedule(stack) as sched,
+    ):
+        due = math.floor(time.time()) + 20
+        ids = [f"n-{i}" for i in range(2000)]
+        cancelled, moved, paused = set(ids[:100]), set(ids[100:200]), set(ids[200:300])
+        await sched.send(*(scheduled(m, due) for m in ids))
+        at = datetime.now(UTC)
+        await sched.send(
+            *(CancelRequested(occurred_at=at, account_id="acc", message_id=m) for m in cancelled),
+            *(
+                RescheduleRequested(occurred_at=at, account_id="acc", message_id=m, due_at=due + 2)
+                for m in moved
+            ),
+            *(PauseRequested(occurred_at=at, account_id="acc", message_id=m) for m in paused),
+        )
+        group, topic = stack.settings.group("timer"), stack.settings.topic("schedule")
+        await wait_committed(bootstrap, group, topic, timeout=120)
+        stack.stop("timer", signal.SIGKILL)
+        shutil.rmtree(stack.settings.state_dir / "timer")
+        stack.start("timer")
+        expected = set(ids) - cancelled - paused
+        seen = SeenIds()
+        await w.wait_for(lambda r: len(seen(r)) >= len(expected), timeout=180, what="all dues")
+        got = {d.message_id: d for _, d in dues(w.records)}
+        assert set(got) == expected
+        assert {m for m, d in got.items() if d.due_at == due + 2} == moved
+        assert_never_early(w.records)
+        # the pauses were recovered too: resumed, they go out now
+        at = datetime.now(UTC)
+        await sched.send(
+            *(ResumeRequested(occurred_at=at, account_id="acc", message_id=m) for m in paused)
+        )
+        await w.wait_for(
+            lambda r: len(seen(r)) >= len(expected | paused), timeout=60, what="resumed"
+        )
+        assert seen(w.records) == expected | paused
 
 
 async def test_two_workers_survivor_takes_over(stack: Stack) -> None:

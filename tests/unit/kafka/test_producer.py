@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
+from aiokafka.structs import RecordMetadata, TopicPartition
 
 from kairos.kafka.producer import DurableProducer, PublishFailed, Record
 
@@ -35,8 +36,8 @@ class FakeClient:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, topic: str, value: bytes, key: Any = None, partition: Any = None) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def _outcome(self, fut: asyncio.Future[Any]) -> bool:
+        """Fail ``fut`` as the broker would now; True when it may be written."""
         if self.dead:
             # an idempotent producer whose sequence numbers broke: never delivers again
             fut.set_exception(OutOfOrderSequenceNumber())
@@ -44,16 +45,58 @@ class FakeClient:
             self.dead = True  # a batch expires and the next one breaks the sequence
             fut.set_exception(KafkaTimeoutError())
         else:
-            self.world.written.append(value)
-            fut.set_result((topic, len(self.world.written)))
+            return True
+        return False
+
+    def _write(self, topic: str, partition: int, values: list[bytes | None]) -> RecordMetadata:
+        """Append ``values`` to the partition's log; the metadata of the first."""
+        log = self.world.logs.setdefault((topic, partition), [])
+        offset = len(log)
+        log.extend(values)
+        self.world.written.extend(v for v in values if v is not None)
+        tp = TopicPartition(topic, partition)
+        return RecordMetadata(topic, partition, tp, offset, -1, 0, 0)
+
+    async def send(self, topic: str, value: bytes, key: Any = None, partition: Any = None) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._outcome(fut):
+            fut.set_result(self._write(topic, partition or 0, [value]))
+        return fut
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.world.batch_capacity)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        self.world.batches.append(len(batch.values))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._outcome(fut):
+            fut.set_result(self._write(topic, partition, batch.values))
         return fut
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1}
 
 
+class FakeBatch:
+    """A record batch holding at most ``capacity`` records."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.values: list[bytes | None] = []
+
+    def append(self, *, key: Any, value: bytes | None, timestamp: Any) -> object | None:
+        if len(self.values) >= self.capacity or (value is not None and len(value) > 100):
+            return None  # full, or a value bigger than any batch
+        self.values.append(value)
+        return object()
+
+
 class World:
     def __init__(self) -> None:
+        #: records per batch; every (topic, partition)'s log; the size of every batch sent
+        self.batch_capacity = 3
+        self.logs: dict[tuple[str, int], list[bytes | None]] = {}
+        self.batches: list[int] = []
         self.down = False
         #: starts hang (a producer id that never comes) while this is above zero
         self.hang_starts = 0
@@ -109,6 +152,41 @@ async def test_publish_until_done_rides_out_an_outage() -> None:
     await asyncio.wait_for(task, 5)
     assert sorted(world.written) == [b"a", b"b"]
     assert p.healthy
+    await p.stop()
+
+
+async def test_records_with_a_partition_go_in_batches_and_the_last_offsets_are_answered() -> None:
+    world = World()
+    p = producer(world)
+    await p.start()
+    world.logs[("t", 1)] = [b"old"]  # partition 1 already holds a record
+    big = b"x" * 200  # more than a batch holds: sent alone
+    records = [Record("t", str(i).encode(), b"k", i % 2) for i in range(7)]
+    records += [Record("t", None, b"gone", 1), Record("t", big, b"b", 0), Record("u", b"free")]
+    acknowledged = await p.publish_until_done(records)
+    assert world.logs[("t", 0)] == [b"0", b"2", b"4", b"6", big]
+    assert world.logs[("t", 1)] == [b"old", b"1", b"3", b"5", None]
+    assert world.logs[("u", 0)] == [b"free"]
+    # partition 0: one full batch and one of one; partition 1: one batch of four ids is
+    # two batches (capacity 3); the big record and the unpartitioned one went alone
+    assert sorted(world.batches) == [1, 1, 3, 3]
+    assert acknowledged == {("t", 0): 4, ("t", 1): 4, ("u", 0): 0}
+    await p.stop()
+
+
+async def test_a_batch_refused_in_an_outage_is_sent_again_whole() -> None:
+    world = World()
+    p = producer(world)
+    await p.start()
+    world.down = True
+    records = [Record("t", str(i).encode(), None, 0) for i in range(5)]
+    task = asyncio.create_task(p.publish_until_done(records))
+    await asyncio.sleep(0.1)
+    assert not task.done() and world.logs == {}
+    world.down = False
+    acknowledged = await asyncio.wait_for(task, 5)
+    assert world.logs[("t", 0)] == [str(i).encode() for i in range(5)]
+    assert acknowledged == {("t", 0): 4} and p.rebuilds >= 1
     await p.stop()
 
 

@@ -58,6 +58,7 @@ from schemas.registry import (
 )
 from services.timer import changelog
 from services.timer.buffered import Buffered
+from services.timer.fetch import eager_deliveries
 from services.timer.state import Entry, Fire, TimerState
 
 log = get_logger("kairos.timer")
@@ -527,6 +528,7 @@ def run(settings: KairosSettings, bootstrap: str, clock: Clock) -> None:
     (settings.state_dir / "timer").mkdir(parents=True, exist_ok=True)
     read_committed()
     no_stream_checks_on_changelogs()
+    eager_deliveries()
     timer = Timer(settings, bootstrap, clock)
     # faust's and mode's loggers exist only now that they are imported
     quiet_retries()

@@ -15,9 +15,9 @@ Two ways to publish:
   record is acknowledged or ``stop`` is set: for consumers (timer, validator, sender), which
   must not move past a record whose effects are not durable. A retry can write a record twice
   (at least once); every record Kairos writes is keyed and carries ids that make it idempotent
-  downstream. Records given a partition go out in record batches built here (one future per
-  batch, not per record: the hot path of the timer's changelog and due events), and the call
-  answers the last acknowledged offset of each partition written.
+  downstream. Several records given one partition go out in record batches built here (one
+  future per batch, not per record: the hot path of the timer's changelog and due events), and
+  the call answers the last acknowledged offset of each partition written.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ class Record:
 
 #: (topic, partition) -> the offset of the last record acknowledged there
 Acknowledged = dict[tuple[str, int], int]
+
+#: records for one partition from which a call builds its own record batches. Fewer go one by
+#: one, into the client's open batch: a batch handed over waits until the partition's previous
+#: one is drained, so callers side by side (the sender's deliveries, one outcome each) would
+#: queue behind each other instead of sharing one batch.
+BATCH_FROM = 4
 
 
 class DurableProducer:
@@ -341,6 +347,9 @@ class DurableProducer:
             else:
                 by_partition.setdefault((r.topic, r.partition), []).append(r)
         for (topic, partition), group in by_partition.items():
+            if len(group) < BATCH_FROM:
+                singles.extend(group)
+                continue
             start = 0
             while start < len(group):
                 batch = client.create_batch()

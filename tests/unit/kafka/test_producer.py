@@ -163,14 +163,16 @@ async def test_records_with_a_partition_go_in_batches_and_the_last_offsets_are_a
     big = b"x" * 200  # more than a batch holds: sent alone
     records = [Record("t", str(i).encode(), b"k", i % 2) for i in range(7)]
     records += [Record("t", None, b"gone", 1), Record("t", big, b"b", 0), Record("u", b"free")]
+    records += [Record("v", b"few", None, 2), Record("v", b"too", None, 2)]
     acknowledged = await p.publish_until_done(records)
     assert world.logs[("t", 0)] == [b"0", b"2", b"4", b"6", big]
     assert world.logs[("t", 1)] == [b"old", b"1", b"3", b"5", None]
     assert world.logs[("u", 0)] == [b"free"]
-    # partition 0: one full batch and one of one; partition 1: one batch of four ids is
-    # two batches (capacity 3); the big record and the unpartitioned one went alone
+    assert world.logs[("v", 2)] == [b"few", b"too"]
+    # partition 0: five records, one too big for a batch (sent alone): a full batch and one
+    # of one; partition 1: four, two batches (capacity 3); too few for "v" to be batched
     assert sorted(world.batches) == [1, 1, 3, 3]
-    assert acknowledged == {("t", 0): 4, ("t", 1): 4, ("u", 0): 0}
+    assert acknowledged == {("t", 0): 4, ("t", 1): 4, ("u", 0): 0, ("v", 2): 1}
     await p.stop()
 
 

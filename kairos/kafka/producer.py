@@ -67,6 +67,10 @@ Acknowledged = dict[tuple[str, int], int]
 #: queue behind each other instead of sharing one batch.
 BATCH_FROM = 4
 
+#: records larger than this go one by one: ``send`` checks a record against the largest
+#: request before it is written, where a batch handed over is checked by the broker only
+ALONE_FROM = 256 * 1024
+
 
 class DurableProducer:
     """An ``AIOKafkaProducer`` (acks=all, idempotent) rebuilt after it fails.
@@ -317,6 +321,8 @@ class DurableProducer:
                 if isinstance(res, BaseException):
                     failed.extend(group)
                     continue
+                if res.offset < 0:
+                    continue  # acknowledged without an offset (a repeat the broker had)
                 # a batch's future answers its first record's offset
                 tp, last = (res.topic, res.partition), res.offset + len(group) - 1
                 acknowledged[tp] = max(last, acknowledged.get(tp, last))
@@ -347,32 +353,31 @@ class DurableProducer:
             else:
                 by_partition.setdefault((r.topic, r.partition), []).append(r)
         for (topic, partition), group in by_partition.items():
-            if len(group) < BATCH_FROM:
-                singles.extend(group)
+            batched = [r for r in group if _size(r) < ALONE_FROM]
+            singles.extend(r for r in group if _size(r) >= ALONE_FROM)
+            if len(batched) < BATCH_FROM:
+                singles.extend(batched)
                 continue
             start = 0
-            while start < len(group):
+            while start < len(batched):
                 batch = client.create_batch()
                 end = start
-                while end < len(group) and (
-                    batch.append(key=group[end].key, value=group[end].value, timestamp=None)
+                # a batch takes its first record whatever its size, then what fits
+                while end < len(batched) and (
+                    batch.append(key=batched[end].key, value=batched[end].value, timestamp=None)
                     is not None
                 ):
                     end += 1
-                if end == start:  # larger than a batch: alone, checked as any record is
-                    singles.append(group[start])
-                    start += 1
-                    continue
                 try:
                     fut = await client.send_batch(batch, topic, partition=partition)
                 except PERMANENT as exc:
                     raise PublishFailed(f"{self.name}: {exc!r}") from exc
                 except (KafkaError, OSError) as exc:
                     self._failed(generation, exc)
-                    failed.extend(group[start:])
+                    failed.extend(batched[start:])
                     break
                 self._watch(generation, fut)
-                sent.append((group[start:end], fut))
+                sent.append((batched[start:end], fut))
                 start = end
         for r in singles:
             try:
@@ -386,6 +391,10 @@ class DurableProducer:
             self._watch(generation, fut)
             sent.append(([r], fut))
         return sent, failed
+
+
+def _size(r: Record) -> int:
+    return len(r.value or b"") + len(r.key or b"")
 
 
 async def _retire(client: AIOKafkaProducer) -> None:

@@ -271,14 +271,25 @@ class Timer:
                 continue
             await self.handle(state, ev, event.value, (partition, event.message.offset))
         await self._drain()
-        # then the tables: changelog records acknowledged first, stores written after
-        batch = []
+        # then the tables: changelog records acknowledged first, stores written after; the
+        # index's before the pending entries' (services/timer/changelog.py says why)
+        index_changes, pending_changes = [], []
         for partition, (_state, pending, index, first) in states.items():
             # a delete's check reads the store: of this partition
             _current_event.set(weakref.ref(first))
-            batch.append(changelog.TableChanges(self.pending, partition, pending.changes()))
-            batch.append(changelog.TableChanges(self.index, partition, index.changes()))
-        await changelog.write(self._publish, batch)
+            index_changes.append(changelog.TableChanges(self.index, partition, index.changes()))
+            pending_changes.append(
+                changelog.TableChanges(self.pending, partition, pending.changes())
+            )
+        await changelog.write(self._publish, [index_changes, pending_changes], self._still_mine)
+
+    def _still_mine(self, partition: int) -> bool:
+        """Is the schedule stream's ``partition`` still actively assigned to this worker?"""
+        name = self.schedule_topic.get_topic_name()
+        return any(
+            tp.topic == name and tp.partition == partition
+            for tp in self.app.assignor.assigned_actives()
+        )
 
     def _withdrawn(self, ev: Scheduled, raw: bytes, partition: int) -> None:
         """A submission appended after its ``accept_by``: its submitter was told no."""

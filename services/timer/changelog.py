@@ -16,6 +16,12 @@ worker recovering that partition from the changelog (a standby, a new disk) woul
 it. With the changelog first, a store never holds what its changelog lacks; a crash between
 the two steps leaves the store behind, and recovery reads the rest from the changelog.
 
+The same holds between the timer's two tables, whose changelogs are different topics (a
+crash can land one and not the other): the caller publishes in phases, each acknowledged before
+the next is sent. The index goes first: a slot without its entry is skipped when walked, and the
+batch read again adds the entry; an entry without its slot would be found by the batch read
+again, taken for a repeat, and never fire.
+
 The records are those faust writes (same topic, partition, key and value; a delete is a
 tombstone), so faust's recovery and standby replicas read them unchanged.
 """
@@ -76,29 +82,38 @@ def _same(x: Any) -> Any:
 
 async def write(
     publish: Callable[[list[Record]], Awaitable[Acknowledged]],
-    batch: Sequence[TableChanges],
+    phases: Sequence[Sequence[TableChanges]],
+    still_mine: Callable[[int], bool] = lambda partition: True,
 ) -> int:
-    """Publish ``batch``'s changelog records, then (acknowledged) apply them to the stores.
-    Answers the number of records written. Raises whatever ``publish`` raises, with every
-    store untouched."""
-    records = [
-        Record(c.table.changelog_topic.get_topic_name(), value, key, c.partition)
-        for c in batch
-        for key, value in c.changes
-    ]
-    if not records:
-        return 0
-    acknowledged = await publish(records)
-    for c in batch:
-        if not c.changes:
+    """Publish each phase's changelog records, and once they are acknowledged apply them to
+    the stores, before the next phase is sent. Answers the number of records written. Raises
+    whatever ``publish`` raises, with that phase's stores (and the later ones') untouched.
+
+    A store is written only where its partition is still this worker's (``still_mine``):
+    one revoked meanwhile is another's now, and a store behind its changelog is safe (recovery
+    reads on from its persisted offset), one ahead of another owner's records is not."""
+    written = 0
+    for phase in phases:
+        records = [
+            Record(c.table.changelog_topic.get_topic_name(), value, key, c.partition)
+            for c in phase
+            for key, value in c.changes
+        ]
+        if not records:
             continue
-        topic = c.table.changelog_topic.get_topic_name()
-        # every change of the batch is at or below this offset: the store holds the
-        # changelog up to it (what recovery resumes after)
-        offset = acknowledged[(topic, c.partition)]
-        c.table.data.apply_changelog_batch(
-            [Change(Message(topic, c.partition, offset, k, v)) for k, v in c.changes],
-            to_key=_same,
-            to_value=_same,
-        )
-    return len(records)
+        acknowledged = await publish(records)
+        written += len(records)
+        for c in phase:
+            if not c.changes or not still_mine(c.partition):
+                continue
+            topic = c.table.changelog_topic.get_topic_name()
+            # every change of the phase is at or below this offset: the store holds the
+            # changelog up to it (what recovery resumes at); -1 (not known) only means more
+            # to read again
+            offset = acknowledged.get((topic, c.partition), -1)
+            c.table.data.apply_changelog_batch(
+                [Change(Message(topic, c.partition, offset, k, v)) for k, v in c.changes],
+                to_key=_same,
+                to_value=_same,
+            )
+    return written

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, OutOfOrderSequenceNumber
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from kairos.kafka.producer import DurableProducer, PublishFailed, Record
+from kairos.kafka.producer import ALONE_FROM, DurableProducer, PublishFailed, Record
 
 
 class FakeClient:
@@ -67,6 +67,9 @@ class FakeClient:
         return FakeBatch(self.world.batch_capacity)
 
     async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        self.world.handed_over += 1
+        if self.world.handed_over in self.world.refuse:
+            raise KafkaConnectionError("the connection broke")  # refused at once
         self.world.batches.append(len(batch.values))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._outcome(fut):
@@ -85,8 +88,8 @@ class FakeBatch:
         self.values: list[bytes | None] = []
 
     def append(self, *, key: Any, value: bytes | None, timestamp: Any) -> object | None:
-        if len(self.values) >= self.capacity or (value is not None and len(value) > 100):
-            return None  # full, or a value bigger than any batch
+        if len(self.values) >= self.capacity:
+            return None  # full (as aiokafka's, it takes a first record of any size)
         self.values.append(value)
         return object()
 
@@ -97,6 +100,9 @@ class World:
         self.batch_capacity = 3
         self.logs: dict[tuple[str, int], list[bytes | None]] = {}
         self.batches: list[int] = []
+        #: batches handed over so far; which of them (1 = the first) are refused at once
+        self.handed_over = 0
+        self.refuse: set[int] = set()
         self.down = False
         #: starts hang (a producer id that never comes) while this is above zero
         self.hang_starts = 0
@@ -160,7 +166,7 @@ async def test_records_with_a_partition_go_in_batches_and_the_last_offsets_are_a
     p = producer(world)
     await p.start()
     world.logs[("t", 1)] = [b"old"]  # partition 1 already holds a record
-    big = b"x" * 200  # more than a batch holds: sent alone
+    big = b"x" * ALONE_FROM  # sent alone: ``send`` checks it against the largest request
     records = [Record("t", str(i).encode(), b"k", i % 2) for i in range(7)]
     records += [Record("t", None, b"gone", 1), Record("t", big, b"b", 0), Record("u", b"free")]
     records += [Record("v", b"few", None, 2), Record("v", b"too", None, 2)]
@@ -169,8 +175,8 @@ async def test_records_with_a_partition_go_in_batches_and_the_last_offsets_are_a
     assert world.logs[("t", 1)] == [b"old", b"1", b"3", b"5", None]
     assert world.logs[("u", 0)] == [b"free"]
     assert world.logs[("v", 2)] == [b"few", b"too"]
-    # partition 0: five records, one too big for a batch (sent alone): a full batch and one
-    # of one; partition 1: four, two batches (capacity 3); too few for "v" to be batched
+    # partition 0: five records, one big (sent alone): a full batch and one of one;
+    # partition 1: four, two batches (capacity 3); too few for "v" to be batched
     assert sorted(world.batches) == [1, 1, 3, 3]
     assert acknowledged == {("t", 0): 4, ("t", 1): 4, ("u", 0): 0, ("v", 2): 1}
     await p.stop()
@@ -189,6 +195,22 @@ async def test_a_batch_refused_in_an_outage_is_sent_again_whole() -> None:
     acknowledged = await asyncio.wait_for(task, 5)
     assert world.logs[("t", 0)] == [str(i).encode() for i in range(5)]
     assert acknowledged == {("t", 0): 4} and p.rebuilds >= 1
+    await p.stop()
+
+
+async def test_the_batches_after_one_refused_at_once_are_sent_again_and_no_others() -> None:
+    world = World()
+    p = producer(world)
+    await p.start()
+    written = [str(i).encode() for i in range(7)]
+    world.refuse = {2}  # batches of 3, 3 and 1: the second is refused as it is handed over
+    acknowledged = await asyncio.wait_for(
+        p.publish_until_done([Record("t", v, None, 0) for v in written]), 5
+    )
+    assert world.logs[("t", 0)] == written  # each once, in order
+    # the first batch went through; its records are not sent again, the other four are
+    assert world.batches == [3, 3, 1] and p.rebuilds == 1
+    assert acknowledged == {("t", 0): 6}
     await p.stop()
 
 
